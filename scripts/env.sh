@@ -1,0 +1,24 @@
+# Sourced by scripts/bench.sh and scripts/test.sh: sets PY to a Python that has torch, triton and pytest.
+# A machine whose python3 already has them (the GPU box) uses it as is; otherwise .venv is made once with
+# torch 2.13 (CPU build where pip finds one), triton 3.6.0 and numpy < 2.4 (the interpreter needs it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+ready() {
+  "$1" - <<'PY' 2>/dev/null
+import torch, triton, numpy, pytest
+ok = torch.cuda.is_available() or tuple(int(v) for v in numpy.__version__.split(".")[:2]) < (2, 4)
+raise SystemExit(0 if ok else 1)
+PY
+}
+if ready python3; then
+  PY=python3
+else
+  if [ ! -x .venv/bin/python ] || ! ready .venv/bin/python; then
+    echo "setting up .venv (torch, triton 3.6.0, numpy<2.4, pytest, matplotlib) ..." >&2
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip >&2
+    .venv/bin/pip install -q "torch==2.13.0" "triton==3.6.0" "numpy<2.4" pytest matplotlib >&2
+  fi
+  PY=.venv/bin/python
+fi

@@ -1,0 +1,32 @@
+"""Shared test helpers: random workloads and FlashMLA-style closeness checks."""
+from __future__ import annotations
+
+import torch
+
+from tritonmla.bench.workload import make_decode_inputs  # noqa: F401  (re-exported for the tests)
+
+
+def random_seqlens(gen: torch.Generator, batch: int, max_len: int, zeros: int = 0) -> list[int]:
+    lens = torch.randint(1, max_len + 1, (batch,), generator=gen).tolist()
+    for i in torch.randperm(batch, generator=gen)[:zeros].tolist():
+        lens[i] = 0
+    return lens
+
+
+def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, abs_tol: float, rel_tol: float,
+                 cos_diff_tol: float | None = None) -> None:
+    """FlashMLA's check: |got - ref| <= abs_tol + rel_tol |ref| elementwise (infinities must match exactly), and
+    1 - cos(got, ref) below cos_diff_tol over the finite elements. NaN never passes."""
+    got, ref = got.double(), ref.double()
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert not torch.isnan(got).any(), f"{name}: NaN in output ({int(torch.isnan(got).sum())} elements)"
+    inf_got, inf_ref = torch.isinf(got), torch.isinf(ref)
+    assert torch.equal(inf_got, inf_ref) and torch.equal(got[inf_got], ref[inf_ref]), f"{name}: infinities differ"
+    g, r = got[~inf_got], ref[~inf_ref]
+    bad = (g - r).abs() > abs_tol + rel_tol * r.abs()
+    assert not bad.any(), (f"{name}: {int(bad.sum())}/{bad.numel()} elements out of tolerance, max abs diff "
+                           f"{(g - r).abs().max().item():.3e}")
+    if cos_diff_tol is not None and r.numel():
+        denom = (g * g + r * r).sum().item()
+        cos_diff = 1 - 2 * (g * r).sum().item() / denom if denom > 0 else 0.0  # both all-zero: equal
+        assert cos_diff < cos_diff_tol, f"{name}: cosine difference {cos_diff:.3e} >= {cos_diff_tol}"

@@ -1,0 +1,114 @@
+"""Misuse raises TypeError/ValueError naming the argument; unimplemented FlashMLA features raise
+NotImplementedError. These run anywhere: checks happen before any kernel."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tritonmla
+
+from helpers import make_decode_inputs
+
+
+@pytest.fixture(scope="module")
+def good():
+    gen = torch.Generator().manual_seed(0)
+    x = make_decode_inputs([40, 7], 2, 4, 1, 16, torch.float16, "cpu", generator=gen)
+    sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, 8, 1)
+    return dict(q=x.q, k_cache=x.k_cache, block_table=x.block_table, cache_seqlens=x.cache_seqlens,
+                head_dim_v=512, tile_scheduler_metadata=sched, num_splits=splits)
+
+
+def call(args, **change):
+    return tritonmla.flash_mla_with_kvcache(**{**args, **change})
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: dict(q=a["q"].float()), TypeError, "q must have dtype"),
+    (lambda a: dict(q=a["q"].to(torch.bfloat16)), TypeError, "k_cache dtype"),
+    (lambda a: dict(q=a["q"][0]), ValueError, "q must be 4-D"),
+    (lambda a: dict(q=a["q"].tolist()), TypeError, "q must be a torch.Tensor"),
+    (lambda a: dict(q=a["q"][..., :512]), ValueError, "head_dim must be 576"),
+    (lambda a: dict(k_cache=a["k_cache"][0]), ValueError, "k_cache must be 4-D"),
+    (lambda a: dict(k_cache=a["k_cache"][:, :12]), ValueError, "page_size"),
+    (lambda a: dict(k_cache=a["k_cache"].expand(-1, -1, 3, -1)), ValueError, "multiple of k_cache heads"),
+    (lambda a: dict(block_table=a["block_table"].long()), TypeError, "block_table must have dtype int32"),
+    (lambda a: dict(block_table=a["block_table"][:1]), ValueError, "block_table must be"),
+    (lambda a: dict(block_table=a["block_table"][0]), ValueError, "block_table must be 2-D"),
+    (lambda a: dict(block_table=a["block_table"].t().contiguous().t()), ValueError, "block_table must be contig"),
+    (lambda a: dict(cache_seqlens=a["cache_seqlens"].long()), TypeError, "cache_seqlens must have dtype int32"),
+    (lambda a: dict(cache_seqlens=a["cache_seqlens"][:1]), ValueError, "cache_seqlens must have batch"),
+    (lambda a: dict(head_dim_v=600), ValueError, "head_dim_v .* must not exceed"),
+    (lambda a: dict(head_dim_v=256), ValueError, "head_dim_v must be 512"),
+    (lambda a: dict(head_dim_v=512.0), TypeError, "head_dim_v must be an int"),
+    (lambda a: dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
+    (lambda a: dict(causal=1), TypeError, "causal must be a bool"),
+    (lambda a: dict(num_splits=a["num_splits"][:-1]), ValueError, "num_splits must be"),
+    (lambda a: dict(num_splits=a["num_splits"].long()), TypeError, "num_splits must have dtype int32"),
+    (lambda a: dict(num_splits=None), TypeError, "num_splits must be a torch.Tensor"),
+    (lambda a: dict(tile_scheduler_metadata=a["tile_scheduler_metadata"][:, :4]), ValueError,
+     "tile_scheduler_metadata must be"),
+    (lambda a: dict(tile_scheduler_metadata=a["tile_scheduler_metadata"].float()), TypeError,
+     "tile_scheduler_metadata must have dtype int32"),
+    (lambda a: dict(block_table=None), TypeError, "block_table must be a torch.Tensor"),
+])
+def test_bad_input_is_named(good, change, error, match):
+    with pytest.raises(error, match=match):
+        call(good, **change(good))
+
+
+def test_metadata_for_another_batch_is_rejected(good):
+    sched, splits = tritonmla.get_mla_metadata(good["cache_seqlens"].repeat(2), 8, 1)
+    with pytest.raises(ValueError, match="num_splits must be a contiguous \\[batch \\+ 1 = 3\\]"):
+        call(good, tile_scheduler_metadata=sched, num_splits=splits)
+
+
+def test_sched_meta_with_num_splits_is_rejected(good):
+    meta, _ = tritonmla.get_mla_metadata()
+    with pytest.raises(ValueError, match="num_splits must be None"):
+        call(good, tile_scheduler_metadata=meta)
+
+
+@pytest.mark.parametrize("feature", [
+    dict(is_fp8_kvcache=True), dict(indices=torch.zeros(2, 2, 8, dtype=torch.int32)),
+    dict(attn_sink=torch.zeros(4)), dict(topk_length=torch.zeros(2, dtype=torch.int32)),
+    dict(extra_k_cache=torch.zeros(1)), dict(extra_indices_in_kvcache=torch.zeros(1)),
+    dict(extra_topk_length=torch.zeros(1)),
+])
+def test_unimplemented_features_say_so(good, feature):
+    with pytest.raises(NotImplementedError, match=next(iter(feature))):
+        call(good, **feature)
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((torch.zeros(3, dtype=torch.int64), 16, 1), TypeError, "cache_seqlens must have dtype int32"),
+    ((torch.zeros(3, 2, dtype=torch.int32), 16, 1), ValueError, "cache_seqlens must be 1-D"),
+    ((torch.zeros(3, dtype=torch.int32), 0, 1), ValueError, "num_heads_per_head_k must be >= 1"),
+    ((torch.zeros(3, dtype=torch.int32), 16, 1.0), TypeError, "num_heads_k must be an int"),
+    ((torch.zeros(3, dtype=torch.int32), 16, None), TypeError, "either no arguments or all"),
+])
+def test_get_mla_metadata_bad_args(args, error, match):
+    with pytest.raises(error, match=match):
+        tritonmla.get_mla_metadata(*args)
+
+
+def test_metadata_shapes_match_flashmla():
+    seqlens = torch.tensor([5, 0, 900], dtype=torch.int32)
+    sched, splits = tritonmla.get_mla_metadata(seqlens, 128, 1)
+    assert sched.dtype == splits.dtype == torch.int32
+    assert sched.dim() == 2 and sched.shape[1] == 8 and splits.shape == (4,)
+    assert splits[0] == 0 and bool((splits[1:] >= splits[:-1] + 1).all())
+
+
+def test_reference_matches_a_hand_computed_row():
+    """The oracle itself, on one row computed the long way (softmax of dot products, bottom-right causal)."""
+    gen = torch.Generator().manual_seed(1)
+    x = make_decode_inputs([5], 2, 2, 1, 2, torch.float16, "cpu", generator=gen)
+    out, lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, causal=True,
+                                              compute_dtype=torch.float64)
+    keys = torch.stack([x.k_cache[int(x.block_table[0, t // 2]), t % 2, 0].double() for t in range(5)])
+    q0 = x.q[0, 0, 1].double()  # first query: sees keys 0..3 (5 - 2 + 1 + 0 = 4)
+    scores = torch.stack([q0 @ keys[t] for t in range(4)]) / 24.0
+    weights = torch.softmax(scores, 0)
+    assert torch.allclose(out[0, 0, 1].double(), (weights[:, None] * keys[:4, :512]).sum(0), atol=1e-3)
+    assert abs(lse[0, 1, 0].item() - torch.logsumexp(scores, 0).item()) < 1e-5

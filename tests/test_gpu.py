@@ -1,0 +1,176 @@
+"""GPU tests (skipped without CUDA): FlashMLA's own test grid in bf16 and fp16 with FlashMLA's tolerances,
+page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, and torch.compile."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import tritonmla
+from tritonmla.api.op import decode_into
+
+from helpers import assert_close, make_decode_inputs, random_seqlens
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DTYPES = [torch.bfloat16, torch.float16]
+# FlashMLA's tolerances, for FlashMLA's test values (q = clamp(randn), k = clamp(randn / 10): near-flat softmax).
+OUT_TOL = dict(abs_tol=8e-4, rel_tol=2.01 / 128, cos_diff_tol=5e-6)
+LSE_TOL = dict(abs_tol=1e-6, rel_tol=8.01 / 65536)
+# Plain randn values make a peaked softmax; P is rounded to the input dtype before P.V (as FlashMLA does), which
+# costs up to ~4 bf16 ulps on outputs that nearly cancel (seen: 7.8e-3 at |out| ~ 0.3). Bound that, not more.
+PEAKED_OUT_TOL = dict(abs_tol=1.6e-2, rel_tol=2.01 / 128, cos_diff_tol=5e-6)
+# Peaked scores put lse near 0 for some rows; fp32 exp2/log2 rounding there is ~4e-6 absolute (seen).
+PEAKED_LSE_TOL = dict(abs_tol=1e-5, rel_tol=8.01 / 65536)
+HEAD_PAIRS = [(h_q, h_kv) for h_kv in (1, 2, 3, 8) for h_q in (1, 3, 9, 63, 64, 126, 128) if h_q % h_kv == 0]
+
+
+def flashmla_seqlens(gen, batch, seq_k, varlen):
+    if not varlen:
+        return [seq_k] * batch
+    lens = (torch.randn(batch, generator=gen) * seq_k / 2 + seq_k).clamp(min=1).long().tolist()
+    return lens
+
+
+def check(x, seq_q, causal, dtype, use_api=False, out_tol=PEAKED_OUT_TOL, lse_tol=PEAKED_LSE_TOL):
+    heads_q, heads_kv = x.q.shape[2], x.k_cache.shape[2]
+    sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+    if use_api:
+        out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                    sched, splits, causal=causal)
+    else:  # poisoned outputs and partials: an unwritten element shows up as NaN
+        out = torch.full((x.q.shape[0], seq_q, heads_q, 512), float("nan"), dtype=dtype, device="cuda")
+        lse = torch.full((x.q.shape[0], heads_q, seq_q), float("nan"), device="cuda")
+        decode_into(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, 576 ** -0.5, causal, out, lse,
+                    partial_fill=float("nan"))
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=causal)
+    assert_close("out", out, ref_out, **out_tol)
+    assert_close("lse", lse, ref_lse, **lse_tol)
+
+
+def grid():
+    """b x s_q x s_k x varlen x causal in full; the 16 (h_q, h_kv) pairs rotate through them (each pair meets
+    every b and s_k)."""
+    pairs = itertools.cycle(HEAD_PAIRS)
+    cases = []
+    for batch, seq_q, seq_k, varlen, causal in itertools.product([1, 2, 6, 64], [1, 2, 4], [20, 140, 4096],
+                                                                 [False, True], [False, True]):
+        for _ in range(2):
+            cases.append((batch, seq_q, seq_k, *next(pairs), varlen, causal))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("batch,seq_q,seq_k,heads_q,heads_kv,varlen,causal", grid())
+def test_flashmla_grid(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype):
+    gen = torch.Generator().manual_seed(hash((batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal)) % 2**31)
+    seqlens = flashmla_seqlens(gen, batch, seq_k, varlen)
+    x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 64, dtype, "cuda", flashmla_values=True,
+                           generator=torch.Generator("cuda").manual_seed(batch * 1000 + seq_k))
+    check(x, seq_q, causal, dtype, out_tol=OUT_TOL, lse_tol=LSE_TOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("batch,seq_q,seq_k,heads_q,heads_kv,varlen,causal", grid()[::6])
+def test_grid_peaked_softmax(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype):
+    gen = torch.Generator().manual_seed(hash((batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal)) % 2**31)
+    x = make_decode_inputs(flashmla_seqlens(gen, batch, seq_k, varlen), seq_q, heads_q, heads_kv, 64, dtype,
+                           "cuda", generator=torch.Generator("cuda").manual_seed(seq_k))
+    check(x, seq_q, causal, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("page_size", [1, 2, 16, 32, 64, 128, 256])
+def test_page_sizes(page_size, dtype):
+    gen = torch.Generator().manual_seed(page_size)
+    seqlens = random_seqlens(gen, batch=9, max_len=3000, zeros=2)
+    x = make_decode_inputs(seqlens, 2, 16, 1, page_size, dtype, "cuda", generator=torch.Generator("cuda"))
+    check(x, 2, True, dtype, use_api=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+def test_b128_sq2_with_zero_lengths(dtype):
+    gen = torch.Generator().manual_seed(128)
+    seqlens = random_seqlens(gen, batch=128, max_len=4096, zeros=20)
+    x = make_decode_inputs(seqlens, 2, 128, 1, 64, dtype, "cuda", generator=torch.Generator("cuda"))
+    check(x, 2, True, dtype)
+    check(x, 2, True, dtype, use_api=True)
+
+
+def test_cuda_graph_replay_with_new_lengths():
+    dtype = torch.bfloat16
+    batch, seq_q, heads_q = 16, 2, 64
+    gen = torch.Generator().manual_seed(0)
+    x = make_decode_inputs([2048] * batch, seq_q, heads_q, 1, 64, dtype, "cuda", generator=torch.Generator("cuda"))
+    lens = x.cache_seqlens
+
+    def step():
+        sched, splits = tritonmla.get_mla_metadata(lens, seq_q * heads_q, 1)
+        return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, lens, 512, sched, splits,
+                                                causal=True)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+    for trial in range(3):
+        lens.copy_(torch.tensor(random_seqlens(gen, batch, 2048, zeros=trial), dtype=torch.int32))
+        x.q.normal_()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, lens, 512, causal=True)
+        assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
+        assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+def test_torch_compile():
+    dtype = torch.bfloat16
+    gen = torch.Generator().manual_seed(1)
+    x = make_decode_inputs(random_seqlens(gen, 8, 1500, zeros=1), 2, 32, 1, 64, dtype, "cuda",
+                           generator=torch.Generator("cuda"))
+    sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, 64, 1)
+
+    @torch.compile(fullgraph=True)
+    def decode_layer(q, k_cache, block_table, seqlens, sched, splits):
+        out, lse = tritonmla.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, sched, splits,
+                                                    causal=True)
+        return out * 2, lse
+
+    out, lse = decode_layer(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits)
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True)
+    assert_close("out", out / 2, ref_out, **PEAKED_OUT_TOL)
+    assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+def test_sched_meta_api_on_gpu():
+    gen = torch.Generator().manual_seed(2)
+    x = make_decode_inputs(random_seqlens(gen, 5, 5000, zeros=1), 1, 128, 1, 64, torch.bfloat16, "cuda",
+                           generator=torch.Generator("cuda"))
+    meta, _ = tritonmla.get_mla_metadata()
+    for _ in range(2):
+        out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, meta,
+                                                    None, causal=False)
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512)
+    assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
+    assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+def test_strided_q_on_gpu():
+    x = make_decode_inputs([300, 1000], 2, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+    wide = torch.randn(2, 2, 16, 1024, device="cuda", dtype=torch.bfloat16)
+    wide[..., :576] = x.q
+    meta = tritonmla.get_mla_metadata(x.cache_seqlens, 32, 1)
+    out, lse = tritonmla.flash_mla_with_kvcache(wide[..., :576], x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                *meta, causal=True)
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True)
+    assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
+    assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)

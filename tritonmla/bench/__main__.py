@@ -1,0 +1,224 @@
+"""Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
+
+    python -m tritonmla.bench [--quick] [--csv FILE] [--json FILE] [--plot FILE.png]
+
+Work is counted as FlashMLA's test counts it: FLOPs = 2 s_q sum(seqlens) h_q (d + dv), bytes = 2 (sum(seqlens) h_kv d
++ b s_q h_q (d + dv)); ratio = our GB/s over FlashMLA's for the same config (throughput, since varlen lengths
+are random). Timing: triton.testing.do_bench, median. Without a GPU it says so and runs a small CPU demo of the
+same kernels under Triton's interpreter, checked against the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+D_QK, D_V = 576, 512
+ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
+ROOF_GBPS, ROOF_TFLOPS = 2933.0, 676.0  # device H100 ceilings measured with the anchors (read-only sum, bf16 GEMM)
+
+
+@dataclass
+class Row:
+    batch: int
+    seq_q: int
+    mean_sk: int
+    heads_q: int
+    heads_kv: int
+    varlen: bool
+    causal: bool
+    ms: float
+    tflops: float
+    gbps: float
+    flashmla_gbps: float | None
+    ratio: float | None
+    max_abs_err: float
+
+
+def load_anchors() -> dict[tuple, float]:
+    """(b, s_q, mean_sk, h_q, h_kv, varlen) -> FlashMLA's GB/s, from the copied anchor table."""
+    anchors, key = {}, None
+    for line in ANCHORS_FILE.read_text().splitlines():
+        if line.startswith("b="):
+            f = dict(kv.split("=") for kv in line.replace(" ", "").split(","))
+            key = (int(f["b"]), int(f["s_q"]), int(f["mean_sk"]), int(f["h_q"]), int(f["h_kv"]), f["varlen"] == "True")
+        elif key is not None and "GB/s" in line:
+            anchors[key] = float(line.split(",")[2].split()[0])
+            key = None
+    return anchors
+
+
+def work(seqlens: list[int], batch: int, seq_q: int, heads_q: int, heads_kv: int) -> tuple[float, float]:
+    total = sum(seqlens)
+    flops = 2 * seq_q * total * heads_q * (D_QK + D_V)
+    nbytes = 2 * (total * heads_kv * D_QK + batch * seq_q * heads_q * (D_QK + D_V))
+    return flops, nbytes
+
+
+def progress(i: int, n: int, label: str) -> None:
+    done = int(30 * i / n)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n} {label:<48}")
+    sys.stderr.flush()
+
+
+def bench_config(tm, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors, seed=0) -> Row:
+    import triton
+    from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla
+
+    rng = random.Random(seed)
+    seqlens = seqlens_like_flashmla(batch, mean_sk, seq_q, varlen, rng)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 64, dtype, "cuda", generator=gen)
+    sched, splits = tm.get_mla_metadata(x.cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+
+    def step():
+        return tm.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, sched, splits,
+                                         causal=causal)
+
+    out, lse = step()
+    # Spot-check two requests against the float32 reference (the tests check everything; this guards the table).
+    idx = [0, batch - 1]
+    ref_out, _ = tm.mla_decode_reference(x.q[idx], x.k_cache, x.block_table[idx], x.cache_seqlens[idx], D_V,
+                                         causal=causal)
+    err = (out[idx].float() - ref_out.float()).abs().max().item()
+    if not math.isfinite(err) or err > 2e-2:
+        raise RuntimeError(f"benchmark output disagrees with the reference (max abs err {err})")
+    ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+    flops, nbytes = work(seqlens, batch, seq_q, heads_q, heads_kv)
+    gbps = nbytes / ms / 1e6
+    ref_gbps = anchors.get((batch, seq_q, mean_sk, heads_q, heads_kv, varlen))
+    del x, out, lse
+    return Row(batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, ms, flops / ms / 1e9, gbps,
+               ref_gbps, gbps / ref_gbps if ref_gbps else None, err)
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'ms':>8} {'TFLOPS':>7} {'GB/s':>7} "
+          f"{'FlashMLA GB/s':>13} {'ratio':>6}")
+    for r in rows:
+        ref = f"{r.flashmla_gbps:13.0f}" if r.flashmla_gbps else f"{'-':>13}"
+        ratio = f"{r.ratio:6.2f}" if r.ratio else f"{'-':>6}"
+        print(f"{r.batch:>4} {r.seq_q:>3} {r.mean_sk:>7} {r.heads_q:>4} {str(r.varlen):>6} {r.ms:8.3f} "
+              f"{r.tflops:7.1f} {r.gbps:7.0f} {ref} {ratio}")
+    ratios = [r.ratio for r in rows if r.ratio]
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        print(f"geomean ratio vs FlashMLA over {len(ratios)} configs: {geo:.3f} (min {min(ratios):.3f}, "
+              f"max {max(ratios):.3f})")
+
+
+def plot(rows: list[Row], anchors: dict, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    intensity = [r.tflops * 1e3 / r.gbps for r in rows]  # FLOP per byte
+    xs = [10 ** (i / 50) for i in range(0, 200)]
+    ax.plot(xs, [min(ROOF_TFLOPS, x * ROOF_GBPS / 1e3) for x in xs], "k-", lw=1, label="H100 roofline (measured)")
+    ax.scatter(intensity, [r.tflops for r in rows], label="tritonmla", marker="o")
+    ref = [(i, r.flashmla_gbps * i / 1e3) for i, r in zip(intensity, rows) if r.flashmla_gbps]
+    if ref:
+        ax.scatter(*zip(*ref), label="FlashMLA (anchor)", marker="x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("TFLOPS")
+    ax.set_title("MLA decode, b=128, h_kv=1, causal: achieved vs roofline")
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"plot written to {path}")
+
+
+def gpu_main(args) -> None:
+    import triton
+    import tritonmla as tm
+
+    anchors = load_anchors()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    configs = [(128, s_q, sk, h_q, 1, varlen)
+               for sk in (4096, 8192, 16384) for h_q in (16, 32, 64, 128) for s_q in (1, 2) for varlen in (False, True)]
+    if args.quick:
+        configs = [c for c in configs if c[2] == 8192 and not c[5]]
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"dtype {args.dtype}, {time.strftime('%Y-%m-%d')}")
+    rows = []
+    for i, (b, s_q, sk, h_q, h_kv, varlen) in enumerate(configs):
+        progress(i, len(configs), f"b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
+        rows.append(bench_config(tm, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))
+        torch.cuda.empty_cache()
+    progress(len(configs), len(configs), "done")
+    sys.stderr.write("\n")
+    print_table(rows)
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+            w.writeheader()
+            w.writerows(asdict(r) for r in rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    if args.plot:
+        plot(rows, anchors, args.plot)
+
+
+def cpu_demo() -> None:
+    """No GPU: run the Triton kernels under the interpreter on a small varlen batch and check them."""
+    import tritonmla as tm
+    from tritonmla.bench.workload import make_decode_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    seqlens, seq_q, heads_q, heads_kv = [300, 0, 77, 513], 2, 16, 1
+    # fp16: the interpreter's bf16 dot is wrong (triton-lang/triton#11584); the GPU runs both dtypes.
+    x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 16, torch.float16, "cpu", generator=gen)
+    t0 = time.time()
+    sched, splits = tm.get_mla_metadata(x.cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+    out, lse = tm.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, sched, splits,
+                                         causal=True)
+    secs = time.time() - t0
+    ref_out, ref_lse = tm.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, causal=True,
+                                               compute_dtype=torch.float64)
+    err = (out.double() - ref_out.double()).abs().max().item()
+    lse_ok = torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and torch.allclose(
+        lse.nan_to_num(posinf=0), ref_lse.nan_to_num(posinf=0), atol=1e-4)
+    print(f"batch seqlens {seqlens}, s_q={seq_q}, h_q={heads_q}, page 16, causal: splits per request "
+          f"{(splits[1:] - splits[:-1]).tolist()}, max |out - ref| = {err:.2e}, lse {'ok' if lse_ok else 'WRONG'}, "
+          f"{secs:.1f} s in the interpreter")
+    if not (err < 2e-3 and lse_ok):
+        raise SystemExit("CPU demo FAILED: kernels disagree with the reference")
+    print("CPU demo passed.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tritonmla.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="only mean_sk=8192, fixed lengths")
+    p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    p.add_argument("--csv", help="write the table as CSV")
+    p.add_argument("--json", help="write the table as JSON")
+    p.add_argument("--plot", help="write a roofline PNG", default=None)
+    args = p.parse_args(argv)
+    if torch.cuda.is_available():
+        gpu_main(args)
+    elif os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton reads TRITON_INTERPRET when the kernels are defined, i.e. on importing tritonmla: start afresh.
+        print("No CUDA GPU found: running a small CPU demo of the Triton kernels under TRITON_INTERPRET=1 "
+              "(no timings; run on an NVIDIA GPU for the benchmark table).", flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "tritonmla.bench", *(argv or sys.argv[1:])],
+                  {**os.environ, "TRITON_INTERPRET": "1"})
+    else:
+        cpu_demo()
+
+
+if __name__ == "__main__":
+    main()
