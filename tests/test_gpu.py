@@ -174,3 +174,12 @@ def test_strided_q_on_gpu():
                                                       causal=True)
     assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
     assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("heads_q,heads_kv", [(16, 1), (128, 1), (64, 8)])
+def test_eight_speculative_tokens_gpu(heads_q, heads_kv, dtype):
+    gen = torch.Generator().manual_seed(heads_q)
+    x = make_decode_inputs(random_seqlens(gen, 12, 3000, zeros=2), 8, heads_q, heads_kv, 64, dtype, "cuda",
+                           flashmla_values=True, generator=torch.Generator("cuda").manual_seed(8))
+    check(x, 8, True, dtype, out_tol=OUT_TOL, lse_tol=LSE_TOL)

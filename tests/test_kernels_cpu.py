@@ -73,6 +73,14 @@ def test_many_splits_and_combine(num_parts):
         assert max(per_request) >= 3, per_request  # the combine kernel really merged several partials
 
 
+@pytest.mark.parametrize("heads_q,heads_kv", [(16, 1), (6, 2)])
+def test_eight_speculative_tokens(heads_q, heads_kv):
+    """s_q = 8 (engines' largest speculative step): up to 128 rows per KV head, two 64-row blocks."""
+    gen = torch.Generator().manual_seed(heads_q)
+    x = make_decode_inputs([5, 333, 0, 129], 8, heads_q, heads_kv, 16, torch.float16, "cpu", generator=gen)
+    run_and_check(x, 8, causal=True, num_parts=5)
+
+
 def test_causal_rows_that_see_no_key():
     """s_q > seqlen: the first queries see no key under bottom-right alignment: out 0, lse +inf."""
     gen = torch.Generator().manual_seed(7)
