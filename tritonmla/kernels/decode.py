@@ -61,6 +61,51 @@ def launch_config(rows_per_kv_head: int) -> LaunchConfig:
 
 
 @triton.jit
+def load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start, hi, offs_v, offs_rope, offs_n,
+                 PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile [start, start + BLOCK_N) of a request: (latent 512 cols, RoPE 64 cols, token ids, valid mask)."""
+    tok = start + offs_n
+    tok_ok = tok < hi  # keys past hi belong to another part (or are not valid at all)
+    if PAGE_SIZE >= BLOCK_N:  # the whole tile lies in one page
+        page = tl.load(bt_row + start // PAGE_SIZE).to(tl.int64)
+    else:
+        page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok_ok, other=0).to(tl.int64)
+    k_ptrs = K_CACHE + head_off + page * stride_kblock + (tok % PAGE_SIZE) * stride_kpos
+    # Masked loads give 0, never the NaN an unused slot may hold (0 * NaN would poison P.V).
+    k_nope = tl.load(k_ptrs[:, None] + offs_v[None, :], mask=tok_ok[:, None], other=0.0)
+    k_rope = tl.load(k_ptrs[:, None] + offs_rope[None, :], mask=tok_ok[:, None], other=0.0)
+    return k_nope, k_rope, tok, tok_ok
+
+
+@triton.jit
+def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, stride_kpos,
+                 lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
+                 D_V: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over keys [lo, hi) with rows as M: S = Q K^T, O += P V."""
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        k_nope, k_rope, tok, tok_ok = load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start,
+                                                   hi, offs_v, offs_rope, offs_n, PAGE_SIZE, BLOCK_N)
+        s = tl.dot(q_nope, tl.trans(k_nope))
+        s = tl.dot(q_rope, tl.trans(k_rope), s)
+        s = s * qk_scale_log2
+        visible = tok_ok[None, :] & (tok[None, :] < key_end[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at 0
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(k_nope.dtype), k_nope)
+        m_i = m_new
+    row_seen = l_i > 0.0
+    l_safe = tl.where(row_seen, l_i, 1.0)
+    return acc / l_safe[:, None], tl.where(row_seen, m_i + tl.math.log2(l_safe), float("-inf")), row_seen
+
+
+@triton.jit
 def mla_decode_kernel(
     Q, K_CACHE, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -133,52 +178,6 @@ def mla_decode_kernel(
         po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + rows * stride_pr
         tl.store(po_ptrs[:, None] + offs_v[None, :], out, mask=partial[:, None])
         tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=partial)
-
-
-
-@triton.jit
-def load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start, hi, offs_v, offs_rope, offs_n,
-                 PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Tile [start, start + BLOCK_N) of a request: (latent 512 cols, RoPE 64 cols, token ids, valid mask)."""
-    tok = start + offs_n
-    tok_ok = tok < hi  # keys past hi belong to another part (or are not valid at all)
-    if PAGE_SIZE >= BLOCK_N:  # the whole tile lies in one page
-        page = tl.load(bt_row + start // PAGE_SIZE).to(tl.int64)
-    else:
-        page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok_ok, other=0).to(tl.int64)
-    k_ptrs = K_CACHE + head_off + page * stride_kblock + (tok % PAGE_SIZE) * stride_kpos
-    # Masked loads give 0, never the NaN an unused slot may hold (0 * NaN would poison P.V).
-    k_nope = tl.load(k_ptrs[:, None] + offs_v[None, :], mask=tok_ok[:, None], other=0.0)
-    k_rope = tl.load(k_ptrs[:, None] + offs_rope[None, :], mask=tok_ok[:, None], other=0.0)
-    return k_nope, k_rope, tok, tok_ok
-
-
-@triton.jit
-def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, stride_kpos,
-                 lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
-                 D_V: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online softmax over keys [lo, hi) with rows as M: S = Q K^T, O += P V."""
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        k_nope, k_rope, tok, tok_ok = load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start,
-                                                   hi, offs_v, offs_rope, offs_n, PAGE_SIZE, BLOCK_N)
-        s = tl.dot(q_nope, tl.trans(k_nope))
-        s = tl.dot(q_rope, tl.trans(k_rope), s)
-        s = s * qk_scale_log2
-        visible = tok_ok[None, :] & (tok[None, :] < key_end[:, None])
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at 0
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(k_nope.dtype), k_nope)
-        m_i = m_new
-    row_seen = l_i > 0.0
-    l_safe = tl.where(row_seen, l_i, 1.0)
-    return acc / l_safe[:, None], tl.where(row_seen, m_i + tl.math.log2(l_safe), float("-inf")), row_seen
 
 
 def launch_decode(q, k_cache, block_table, cache_seqlens, sched, num_splits, out, lse, out_partial, lse_partial,
