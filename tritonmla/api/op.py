@@ -12,17 +12,14 @@ from ..combine.combine import launch_combine
 from ..kernels.decode import D_V, SCHED_ROW, launch_decode
 from ..reference.plan import plan_reference
 from ..reference.reference import mla_decode_reference
-from ..scheduler.metadata import plan_into
+from ..scheduler.metadata import plan
 
 
 @torch.library.custom_op("tritonmla::plan", mutates_args=())
 def plan_op(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not uses_triton(cache_seqlens.device):
         return plan_reference(cache_seqlens, num_parts)
-    sched = torch.empty((num_parts, SCHED_ROW), dtype=torch.int32, device=cache_seqlens.device)
-    num_splits = torch.empty((cache_seqlens.shape[0] + 1,), dtype=torch.int32, device=cache_seqlens.device)
-    plan_into(cache_seqlens, sched, num_splits, seqlen_cap=2**30)
-    return sched, num_splits
+    return plan(cache_seqlens, num_parts)
 
 
 @plan_op.register_fake

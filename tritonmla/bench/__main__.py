@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-D_QK, D_V = 576, 512
+from tritonmla.kernels.decode import D_V
+
 ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
 ROOF_GBPS, ROOF_TFLOPS = 2933.0, 676.0  # device H100 ceilings measured with the anchors (read-only sum, bf16 GEMM)
 
@@ -56,13 +57,6 @@ def load_anchors() -> dict[tuple, float]:
     return anchors
 
 
-def work(seqlens: list[int], batch: int, seq_q: int, heads_q: int, heads_kv: int) -> tuple[float, float]:
-    total = sum(seqlens)
-    flops = 2 * seq_q * total * heads_q * (D_QK + D_V)
-    nbytes = 2 * (total * heads_kv * D_QK + batch * seq_q * heads_q * (D_QK + D_V))
-    return flops, nbytes
-
-
 def progress(i: int, n: int, label: str) -> None:
     done = int(30 * i / n)
     sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n} {label:<48}")
@@ -71,7 +65,7 @@ def progress(i: int, n: int, label: str) -> None:
 
 def bench_config(tm, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors, seed=0) -> Row:
     import triton
-    from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla
+    from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
 
     rng = random.Random(seed)
     seqlens = seqlens_like_flashmla(batch, mean_sk, seq_q, varlen, rng)
@@ -115,7 +109,7 @@ def print_table(rows: list[Row]) -> None:
               f"max {max(ratios):.3f})")
 
 
-def plot(rows: list[Row], anchors: dict, path: str) -> None:
+def plot(rows: list[Row], path: str) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -170,7 +164,7 @@ def gpu_main(args) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.plot:
-        plot(rows, anchors, args.plot)
+        plot(rows, args.plot)
 
 
 def cpu_demo() -> None:

@@ -30,8 +30,7 @@ def register_report(jit_fn) -> str:
 def main() -> None:
     import triton
     import tritonmla as tm
-    from tritonmla.bench.__main__ import work
-    from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla
+    from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
     from tritonmla.kernels import decode
 
     p = argparse.ArgumentParser()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-D_QK = 576
+from ..kernels.decode import D_QK, D_V
 UNUSED_BLOCK_ENTRY = 2147480000  # what FlashMLA's tests put in unused block_table entries
 
 
@@ -57,3 +57,11 @@ def make_decode_inputs(seqlens: list[int], seq_q: int, heads_q: int, heads_kv: i
     unused_entry = torch.arange(blocks_per_seq, device=device)[None, :] >= pages_used[:, None]
     block_table[unused_entry] = UNUSED_BLOCK_ENTRY
     return DecodeInputs(q, k_cache, block_table, cache_seqlens)
+
+
+def work(seqlens: list[int], batch: int, seq_q: int, heads_q: int, heads_kv: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one decode step, counted as FlashMLA's test counts them."""
+    total = sum(seqlens)
+    flops = 2 * seq_q * total * heads_q * (D_QK + D_V)
+    nbytes = 2 * (total * heads_kv * D_QK + batch * seq_q * heads_q * (D_QK + D_V))
+    return flops, nbytes

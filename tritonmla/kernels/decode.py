@@ -119,7 +119,8 @@ def mla_decode_kernel(
     stride_pls, stride_plh,  # partial lse [split, h_kv, row]
     seq_q, heads_per_kv, seqlen_cap,
     D_V: tl.constexpr, D_ROPE: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAN_TILE: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAN_TILE: tl.constexpr, SCHED_ROW: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -138,7 +139,7 @@ def mla_decode_kernel(
     else:
         key_shift = tl.zeros([BLOCK_M], dtype=tl.int32)
 
-    sched = SCHED + part * 8
+    sched = SCHED + part * SCHED_ROW
     begin_req = tl.load(sched + 0).to(tl.int64)  # int64 request index: batch offsets can pass 2**31
     begin_tile = tl.load(sched + 1)
     end_req = tl.load(sched + 2).to(tl.int64)
@@ -201,6 +202,7 @@ def launch_decode(q, k_cache, block_table, cache_seqlens, sched, num_splits, out
         lse_partial.stride(0), lse_partial.stride(1),
         seq_q, heads_per_kv, block_table.shape[1] * page_size,
         D_V=D_V, D_ROPE=D_ROPE, PAGE_SIZE=page_size,
-        BLOCK_M=cfg.block_m, BLOCK_N=min(cfg.block_n, PLAN_TILE), PLAN_TILE=PLAN_TILE, CAUSAL=causal,
+        BLOCK_M=cfg.block_m, BLOCK_N=min(cfg.block_n, PLAN_TILE), PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,
+        CAUSAL=causal,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

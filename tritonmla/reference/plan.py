@@ -13,9 +13,8 @@ from ..kernels.decode import PLAN_TILE
 from ..scheduler.metadata import FIXED_COST
 
 
-def plan_reference(cache_seqlens: torch.Tensor, num_parts: int, seqlen_cap: int = 2**30
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    seqlens = cache_seqlens.long().clamp(0, seqlen_cap)
+def plan_reference(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seqlens = cache_seqlens.long().clamp(min=0)
     batch = seqlens.shape[0]
     tiles = (seqlens + PLAN_TILE - 1) // PLAN_TILE
     cost = tiles + FIXED_COST

@@ -34,15 +34,16 @@ def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int)
 
 @triton.jit
 def plan_kernel(
-    SEQLENS, SCHED, NUM_SPLITS, batch, num_parts, seqlen_cap,
-    PLAN_TILE: tl.constexpr, FIXED_COST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
+    SEQLENS, SCHED, NUM_SPLITS, batch, num_parts,
+    PLAN_TILE: tl.constexpr, FIXED_COST: tl.constexpr, SCHED_ROW: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     # Pass 1: total cost T, then the per-part payload P.
     total = 0
     for start in range(0, batch, BLOCK_B):
         offs = start + tl.arange(0, BLOCK_B)
         seqlen = tl.load(SEQLENS + offs, mask=offs < batch, other=0)
-        tiles = tl.cdiv(tl.minimum(tl.maximum(seqlen, 0), seqlen_cap), PLAN_TILE)
+        tiles = tl.cdiv(tl.maximum(seqlen, 0), PLAN_TILE)
         total += tl.sum(tl.where(offs < batch, tiles + FIXED_COST, 0))
     payload = tl.maximum(tl.cdiv(total, num_parts), 1)
 
@@ -65,7 +66,7 @@ def plan_kernel(
         offs = start + tl.arange(0, BLOCK_B)
         valid = offs < batch
         seqlen = tl.load(SEQLENS + offs, mask=valid, other=0)
-        tiles = tl.cdiv(tl.minimum(tl.maximum(seqlen, 0), seqlen_cap), PLAN_TILE)
+        tiles = tl.cdiv(tl.maximum(seqlen, 0), PLAN_TILE)
         cost = tl.where(valid, tiles + FIXED_COST, 0)
         c_end = cost_carry + tl.cumsum(cost, 0)  # C_b
         c_prev = c_end - cost  # C_{b-1}
@@ -100,33 +101,26 @@ def plan_kernel(
     end_tile = tl.where(idle, 0, end_tile)
     begin_split = tl.where(idle, 0, begin_split)
 
-    row = SCHED + parts * 8
+    row = SCHED + parts * SCHED_ROW
     live = parts < num_parts
     tl.store(row + 0, begin_req, mask=live)
     tl.store(row + 1, begin_tile, mask=live)
     tl.store(row + 2, end_req, mask=live)
     tl.store(row + 3, end_tile, mask=live)
     tl.store(row + 4, begin_split, mask=live)
-    for unused in tl.static_range(5, 8):
+    for unused in tl.static_range(5, SCHED_ROW):
         tl.store(row + unused, tl.zeros([BLOCK_P], tl.int32), mask=live)
 
 
-def plan_into(cache_seqlens: torch.Tensor, sched: torch.Tensor, num_splits: torch.Tensor, seqlen_cap: int) -> None:
-    """Fill preallocated plan buffers (sched [parts, 8], num_splits [batch + 1]) from cache_seqlens, on its device."""
-    batch = cache_seqlens.shape[0]
-    parts = sched.shape[0]
-    plan_kernel[(1,)](
-        cache_seqlens, sched, num_splits, batch, parts, seqlen_cap,
-        PLAN_TILE=PLAN_TILE, FIXED_COST=FIXED_COST,
-        BLOCK_B=min(32, max(16, triton.next_power_of_2(batch))), BLOCK_P=max(16, triton.next_power_of_2(parts)),
-        num_warps=8,
-    )
-
-
-def plan(cache_seqlens: torch.Tensor, num_parts: int, seqlen_cap: int = 2**30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Allocate and fill a plan with `num_parts` parts. `seqlen_cap` clamps lengths as the decode kernel does."""
+def plan(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan for `num_parts` parts (sched [parts, 8], num_splits [batch + 1]), on cache_seqlens' device."""
     batch = cache_seqlens.shape[0]
     sched = torch.empty((num_parts, SCHED_ROW), dtype=torch.int32, device=cache_seqlens.device)
     num_splits = torch.empty((batch + 1,), dtype=torch.int32, device=cache_seqlens.device)
-    plan_into(cache_seqlens, sched, num_splits, seqlen_cap)
+    plan_kernel[(1,)](
+        cache_seqlens, sched, num_splits, batch, num_parts,
+        PLAN_TILE=PLAN_TILE, FIXED_COST=FIXED_COST, SCHED_ROW=SCHED_ROW,
+        BLOCK_B=min(32, max(16, triton.next_power_of_2(batch))), BLOCK_P=max(16, triton.next_power_of_2(num_parts)),
+        num_warps=8,
+    )
     return sched, num_splits
