@@ -1,5 +1,6 @@
 """GPU tests (skipped without CUDA): FlashMLA's own test grid in bf16 and fp16 with FlashMLA's tolerances,
-page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, and torch.compile."""
+page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, and torch.compile; each for both decode
+kernels (the Gluon Hopper kernel only where the GPU can run it)."""
 from __future__ import annotations
 
 import itertools
@@ -9,6 +10,8 @@ import torch
 
 import tritonmla
 from tritonmla.api.op import decode_into
+from tritonmla.kernels import dispatch
+from tritonmla.scheduler.metadata import num_parts_for
 
 from helpers import assert_close, make_decode_inputs, random_seqlens
 
@@ -23,6 +26,17 @@ LSE_TOL = dict(abs_tol=1e-6, rel_tol=8.01 / 65536)
 PEAKED_OUT_TOL = dict(abs_tol=1.6e-2, rel_tol=2.01 / 128, cos_diff_tol=5e-6)
 # Peaked scores put lse near 0 for some rows; fp32 exp2/log2 rounding there is ~4e-6 absolute (seen).
 PEAKED_LSE_TOL = dict(abs_tol=1e-5, rel_tol=8.01 / 65536)
+
+
+@pytest.fixture(params=["hopper", "portable"])
+def kernel(request):
+    if request.param == "hopper":
+        why = dispatch.hopper_device(torch.device("cuda"))
+        if why is not None:
+            pytest.skip(why)
+    return request.param
+
+
 HEAD_PAIRS = [(h_q, h_kv) for h_kv in (1, 2, 3, 8) for h_q in (1, 3, 9, 63, 64, 126, 128) if h_q % h_kv == 0]
 
 
@@ -33,17 +47,19 @@ def flashmla_seqlens(gen, batch, seq_k, varlen):
     return lens
 
 
-def check(x, seq_q, causal, dtype, use_api=False, out_tol=PEAKED_OUT_TOL, lse_tol=PEAKED_LSE_TOL):
+def check(x, seq_q, causal, dtype, kernel, use_api=False, out_tol=PEAKED_OUT_TOL, lse_tol=PEAKED_LSE_TOL):
     heads_q, heads_kv = x.q.shape[2], x.k_cache.shape[2]
-    sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+    num_parts = num_parts_for(x.q.device, seq_q * heads_q // heads_kv, heads_kv, kernel)
+    sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts)
     if use_api:
         out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
-                                                    sched, splits, causal=causal)
+                                                    sched, splits, causal=causal, kernel=kernel)
     else:  # poisoned outputs and partials: an unwritten element shows up as NaN
         out = torch.full((x.q.shape[0], seq_q, heads_q, 512), float("nan"), dtype=dtype, device="cuda")
         lse = torch.full((x.q.shape[0], heads_q, seq_q), float("nan"), device="cuda")
-        decode_into(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, 576 ** -0.5, causal, out, lse,
-                    partial_fill=float("nan"))
+        ran = decode_into(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, 576 ** -0.5, causal, out,
+                          lse, partial_fill=float("nan"), kernel=kernel)
+        assert ran == kernel
     ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
                                                       causal=causal)
     assert_close("out", out, ref_out, **out_tol)
@@ -64,42 +80,49 @@ def grid():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("batch,seq_q,seq_k,heads_q,heads_kv,varlen,causal", grid())
-def test_flashmla_grid(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype):
+def test_flashmla_grid(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype, kernel):
     gen = torch.Generator().manual_seed(hash((batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal)) % 2**31)
     seqlens = flashmla_seqlens(gen, batch, seq_k, varlen)
     x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 64, dtype, "cuda", flashmla_values=True,
                            generator=torch.Generator("cuda").manual_seed(batch * 1000 + seq_k))
-    check(x, seq_q, causal, dtype, out_tol=OUT_TOL, lse_tol=LSE_TOL)
+    check(x, seq_q, causal, dtype, kernel, out_tol=OUT_TOL, lse_tol=LSE_TOL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("batch,seq_q,seq_k,heads_q,heads_kv,varlen,causal", grid()[::6])
-def test_grid_peaked_softmax(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype):
+def test_grid_peaked_softmax(batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal, dtype, kernel):
     gen = torch.Generator().manual_seed(hash((batch, seq_q, seq_k, heads_q, heads_kv, varlen, causal)) % 2**31)
     x = make_decode_inputs(flashmla_seqlens(gen, batch, seq_k, varlen), seq_q, heads_q, heads_kv, 64, dtype,
                            "cuda", generator=torch.Generator("cuda").manual_seed(seq_k))
-    check(x, seq_q, causal, dtype)
+    check(x, seq_q, causal, dtype, kernel)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("page_size", [1, 2, 16, 32, 64, 128, 256])
-def test_page_sizes(page_size, dtype):
+def test_page_sizes(page_size, dtype, kernel):
     gen = torch.Generator().manual_seed(page_size)
     seqlens = random_seqlens(gen, batch=9, max_len=3000, zeros=2)
     x = make_decode_inputs(seqlens, 2, 16, 1, page_size, dtype, "cuda", generator=torch.Generator("cuda"))
-    check(x, 2, True, dtype, use_api=True)
+    if kernel == "hopper" and page_size % 64:  # TMA tiles of 64 tokens: "auto" takes the portable kernel
+        with pytest.raises(ValueError, match="page_size a multiple of 64"):
+            check(x, 2, True, dtype, kernel, use_api=True)
+        assert dispatch.choose("auto", x.q, x.k_cache) == "portable"
+        check(x, 2, True, dtype, "auto", use_api=True)
+        return
+    check(x, 2, True, dtype, kernel, use_api=True)
+    check(x, 2, True, dtype, kernel)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
-def test_b128_sq2_with_zero_lengths(dtype):
+def test_b128_sq2_with_zero_lengths(dtype, kernel):
     gen = torch.Generator().manual_seed(128)
     seqlens = random_seqlens(gen, batch=128, max_len=4096, zeros=20)
     x = make_decode_inputs(seqlens, 2, 128, 1, 64, dtype, "cuda", generator=torch.Generator("cuda"))
-    check(x, 2, True, dtype)
-    check(x, 2, True, dtype, use_api=True)
+    check(x, 2, True, dtype, kernel)
+    check(x, 2, True, dtype, kernel, use_api=True)
 
 
-def test_cuda_graph_replay_with_new_lengths():
+def test_cuda_graph_replay_with_new_lengths(kernel):
     dtype = torch.bfloat16
     batch, seq_q, heads_q = 16, 2, 64
     gen = torch.Generator().manual_seed(0)
@@ -109,7 +132,7 @@ def test_cuda_graph_replay_with_new_lengths():
     def step():
         sched, splits = tritonmla.get_mla_metadata(lens, seq_q * heads_q, 1)
         return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, lens, 512, sched, splits,
-                                                causal=True)
+                                                causal=True, kernel=kernel)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -130,7 +153,7 @@ def test_cuda_graph_replay_with_new_lengths():
         assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
 
 
-def test_torch_compile():
+def test_torch_compile(kernel):
     dtype = torch.bfloat16
     gen = torch.Generator().manual_seed(1)
     x = make_decode_inputs(random_seqlens(gen, 8, 1500, zeros=1), 2, 32, 1, 64, dtype, "cuda",
@@ -140,7 +163,7 @@ def test_torch_compile():
     @torch.compile(fullgraph=True)
     def decode_layer(q, k_cache, block_table, seqlens, sched, splits):
         out, lse = tritonmla.flash_mla_with_kvcache(q, k_cache, block_table, seqlens, 512, sched, splits,
-                                                    causal=True)
+                                                    causal=True, kernel=kernel)
         return out * 2, lse
 
     out, lse = decode_layer(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits)
@@ -150,26 +173,26 @@ def test_torch_compile():
     assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
 
 
-def test_sched_meta_api_on_gpu():
+def test_sched_meta_api_on_gpu(kernel):
     gen = torch.Generator().manual_seed(2)
     x = make_decode_inputs(random_seqlens(gen, 5, 5000, zeros=1), 1, 128, 1, 64, torch.bfloat16, "cuda",
                            generator=torch.Generator("cuda"))
     meta, _ = tritonmla.get_mla_metadata()
     for _ in range(2):
         out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, meta,
-                                                    None, causal=False)
+                                                    None, causal=False, kernel=kernel)
     ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512)
     assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
     assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
 
 
-def test_strided_q_on_gpu():
+def test_strided_q_on_gpu(kernel):
     x = make_decode_inputs([300, 1000], 2, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
     wide = torch.randn(2, 2, 16, 1024, device="cuda", dtype=torch.bfloat16)
     wide[..., :576] = x.q
     meta = tritonmla.get_mla_metadata(x.cache_seqlens, 32, 1)
     out, lse = tritonmla.flash_mla_with_kvcache(wide[..., :576], x.k_cache, x.block_table, x.cache_seqlens, 512,
-                                                *meta, causal=True)
+                                                *meta, causal=True, kernel=kernel)
     ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
                                                       causal=True)
     assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
@@ -178,8 +201,18 @@ def test_strided_q_on_gpu():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("heads_q,heads_kv", [(16, 1), (128, 1), (64, 8)])
-def test_eight_speculative_tokens_gpu(heads_q, heads_kv, dtype):
+def test_eight_speculative_tokens_gpu(heads_q, heads_kv, dtype, kernel):
     gen = torch.Generator().manual_seed(heads_q)
     x = make_decode_inputs(random_seqlens(gen, 12, 3000, zeros=2), 8, heads_q, heads_kv, 64, dtype, "cuda",
                            flashmla_values=True, generator=torch.Generator("cuda").manual_seed(8))
-    check(x, 8, True, dtype, out_tol=OUT_TOL, lse_tol=LSE_TOL)
+    check(x, 8, True, dtype, kernel, out_tol=OUT_TOL, lse_tol=LSE_TOL)
+
+
+def test_auto_takes_hopper_where_it_can():
+    x = make_decode_inputs([100], 1, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+    expected = "hopper" if dispatch.hopper_device(x.q.device) is None else "portable"
+    assert dispatch.choose("auto", x.q, x.k_cache) == expected
+    sliced = x.k_cache[:, :, :, :]  # same strides: still fine
+    assert dispatch.choose("auto", x.q, sliced) == expected
+    padded = torch.zeros(x.k_cache.shape[0], 64, 1, 640, dtype=torch.bfloat16, device="cuda")[..., :576]
+    assert dispatch.choose("auto", x.q, padded) == "portable"  # non-contiguous rows: no TMA view

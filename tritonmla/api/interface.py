@@ -19,6 +19,7 @@ import torch
 
 from . import op  # noqa: F401  (registers torch.ops.tritonmla.*)
 from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors
+from ..kernels import dispatch
 from ..scheduler.metadata import num_parts_for
 
 
@@ -84,14 +85,16 @@ def _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, ext
 
 
 def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: torch.Tensor,
-                          cache_seqlens: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                          cache_seqlens: torch.Tensor, causal: bool,
+                          kernel: Optional[str]) -> tuple[torch.Tensor, torch.Tensor]:
     batch, seq_q, heads_q, _ = q.shape
     config = FlashMLASchedMeta.Config(batch, seq_q, heads_q, k_cache.shape[1], k_cache.shape[2], causal,
                                       False, None, None, None)
     if not meta.have_initialized:
         heads_kv = k_cache.shape[2]
-        meta.tile_scheduler_metadata, meta.num_splits = get_mla_metadata(
-            cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+        num_parts = num_parts_for(cache_seqlens.device, seq_q * heads_q // heads_kv, heads_kv,
+                                  dispatch.choose(kernel, q, k_cache))
+        meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(cache_seqlens, num_parts)
         meta.config = config
         meta.have_initialized = True
     elif meta.config != config:
@@ -119,6 +122,7 @@ def flash_mla_with_kvcache(
     extra_indices_in_kvcache: Optional[torch.Tensor] = None,
     topk_length: Optional[torch.Tensor] = None,
     extra_topk_length: Optional[torch.Tensor] = None,
+    kernel: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLA decode attention over a paged latent KV cache.
 
@@ -126,19 +130,26 @@ def flash_mla_with_kvcache(
     head_dim_v=512 columns); block_table [b, max_blocks] int32; cache_seqlens [b] int32, each at most
     max_blocks * page_size. Returns out [b, s_q, h_q, 512] (q's dtype) and lse [b, h_q, s_q] float32.
     causal: query i of s_q sees keys < seqlen - s_q + 1 + i. Rows that see no key give out 0, lse +inf.
+    kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
+    (raise ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
     """
     _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
                           topk_length, extra_topk_length)
     check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if kernel is not None and not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
+    if not torch.compiler.is_compiling():  # (inside the op it raises too, where dynamo need not trace it)
+        dispatch.choose(kernel, q, k_cache)  # ValueError now for a bad name or an impossible kernel='hopper'
     if q.stride(-1) != 1:
         q = q.contiguous()
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         if num_splits is not None:
             raise ValueError("num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta")
-        sched, splits = _plan_from_sched_meta(tile_scheduler_metadata, q, k_cache, cache_seqlens, causal)
+        sched, splits = _plan_from_sched_meta(tile_scheduler_metadata, q, k_cache, cache_seqlens, causal,
+                                              kernel)
     else:
         check_metadata_tensors(tile_scheduler_metadata, num_splits, q.shape[0], q.device)
         sched, splits = tile_scheduler_metadata, num_splits
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return torch.ops.tritonmla.mla_decode(q, k_cache, block_table, cache_seqlens, sched, splits,
-                                          head_dim_v, scale, causal)
+                                          head_dim_v, scale, causal, kernel)

@@ -1,6 +1,10 @@
 """Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
 
-    python -m tritonmla.bench [--quick] [--csv FILE] [--json FILE] [--plot FILE.png]
+    python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--csv FILE] [--json FILE]
+                              [--plot FILE.png]
+
+--kernel both (the default) times the Gluon Hopper kernel and the portable kernel on every config, side by side
+(the Hopper column is left out on GPUs that cannot run it).
 
 Work is counted as FlashMLA's test counts it: FLOPs = 2 s_q sum(seqlens) h_q (d + dv), bytes = 2 (sum(seqlens) h_kv d
 + b s_q h_q (d + dv)); ratio = our GB/s over FlashMLA's for the same config (throughput, since varlen lengths
@@ -29,6 +33,7 @@ ROOF_GBPS, ROOF_TFLOPS = 2933.0, 676.0  # device H100 ceilings measured with the
 
 @dataclass
 class Row:
+    kernel: str
     batch: int
     seq_q: int
     mean_sk: int
@@ -63,7 +68,8 @@ def progress(i: int, n: int, label: str) -> None:
     sys.stderr.flush()
 
 
-def bench_config(tm, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors, seed=0) -> Row:
+def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors,
+                 seed=0) -> Row:
     import triton
     from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
 
@@ -71,11 +77,14 @@ def bench_config(tm, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, d
     seqlens = seqlens_like_flashmla(batch, mean_sk, seq_q, varlen, rng)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 64, dtype, "cuda", generator=gen)
-    sched, splits = tm.get_mla_metadata(x.cache_seqlens, seq_q * heads_q // heads_kv, heads_kv)
+    from tritonmla.scheduler.metadata import num_parts_for
+    # The plan the kernel would get from get_mla_metadata if TRITONMLA_KERNEL named it.
+    num_parts = num_parts_for(x.cache_seqlens.device, seq_q * heads_q // heads_kv, heads_kv, kernel)
+    sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts)
 
     def step():
         return tm.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, sched, splits,
-                                         causal=causal)
+                                         causal=causal, kernel=kernel)
 
     out, lse = step()
     # Spot-check two requests against the float32 reference (the tests check everything; this guards the table).
@@ -90,23 +99,34 @@ def bench_config(tm, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, d
     gbps = nbytes / ms / 1e6
     ref_gbps = anchors.get((batch, seq_q, mean_sk, heads_q, heads_kv, varlen))
     del x, out, lse
-    return Row(batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, ms, flops / ms / 1e9, gbps,
+    return Row(kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, ms, flops / ms / 1e9, gbps,
                ref_gbps, gbps / ref_gbps if ref_gbps else None, err)
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'ms':>8} {'TFLOPS':>7} {'GB/s':>7} "
-          f"{'FlashMLA GB/s':>13} {'ratio':>6}")
+    """One line per config; per kernel: ms, TFLOPS, GB/s and the ratio to FlashMLA's GB/s."""
+    kernels = list(dict.fromkeys(r.kernel for r in rows))
+    by_config: dict[tuple, dict[str, Row]] = {}
     for r in rows:
-        ref = f"{r.flashmla_gbps:13.0f}" if r.flashmla_gbps else f"{'-':>13}"
-        ratio = f"{r.ratio:6.2f}" if r.ratio else f"{'-':>6}"
-        print(f"{r.batch:>4} {r.seq_q:>3} {r.mean_sk:>7} {r.heads_q:>4} {str(r.varlen):>6} {r.ms:8.3f} "
-              f"{r.tflops:7.1f} {r.gbps:7.0f} {ref} {ratio}")
-    ratios = [r.ratio for r in rows if r.ratio]
-    if ratios:
-        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        print(f"geomean ratio vs FlashMLA over {len(ratios)} configs: {geo:.3f} (min {min(ratios):.3f}, "
-              f"max {max(ratios):.3f})")
+        by_config.setdefault((r.batch, r.seq_q, r.mean_sk, r.heads_q, r.varlen), {})[r.kernel] = r
+    head = f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'FlashMLA GB/s':>13}"
+    for k in kernels:
+        head += f" | {k:>8} {'ms':>6} {'TFLOPS':>6} {'GB/s':>6} {'ratio':>5}"
+    print(head)
+    for (b, s_q, sk, h_q, varlen), per in by_config.items():
+        ref = next(iter(per.values())).flashmla_gbps
+        line = f"{b:>4} {s_q:>3} {sk:>7} {h_q:>4} {str(varlen):>6} " + (f"{ref:13.0f}" if ref else f"{'-':>13}")
+        for k in kernels:
+            r = per.get(k)
+            line += f" | {'':>8} {r.ms:6.3f} {r.tflops:6.1f} {r.gbps:6.0f} " + (f"{r.ratio:5.2f}" if r.ratio else
+                                                                                f"{'-':>5}")
+        print(line)
+    for k in kernels:
+        ratios = [r.ratio for r in rows if r.ratio and r.kernel == k]
+        if ratios:
+            geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+            print(f"{k}: geomean ratio vs FlashMLA over {len(ratios)} configs: {geo:.3f} (min {min(ratios):.3f}, "
+                  f"max {max(ratios):.3f})")
 
 
 def plot(rows: list[Row], path: str) -> None:
@@ -121,8 +141,11 @@ def plot(rows: list[Row], path: str) -> None:
     intensity = [r.tflops * 1e3 / r.gbps for r in rows]  # FLOP per byte
     xs = [10 ** (i / 50) for i in range(0, 200)]
     ax.plot(xs, [min(ROOF_TFLOPS, x * ROOF_GBPS / 1e3) for x in xs], "k-", lw=1, label="H100 roofline (measured)")
-    ax.scatter(intensity, [r.tflops for r in rows], label="tritonmla", marker="o")
-    ref = [(i, r.flashmla_gbps * i / 1e3) for i, r in zip(intensity, rows) if r.flashmla_gbps]
+    for k in dict.fromkeys(r.kernel for r in rows):
+        ax.scatter([i for i, r in zip(intensity, rows) if r.kernel == k], [r.tflops for r in rows if r.kernel == k],
+                   label=f"tritonmla ({k})", marker="o")
+    ref = [(i, r.flashmla_gbps * i / 1e3) for i, r in zip(intensity, rows) if r.flashmla_gbps and r.kernel ==
+           rows[0].kernel]
     if ref:
         ax.scatter(*zip(*ref), label="FlashMLA (anchor)", marker="x")
     ax.set_xscale("log")
@@ -145,14 +168,27 @@ def gpu_main(args) -> None:
                for sk in (4096, 8192, 16384) for h_q in (16, 32, 64, 128) for s_q in (1, 2) for varlen in (False, True)]
     if args.quick:
         configs = [c for c in configs if c[2] == 8192 and not c[5]]
+    if args.only:
+        want = dict(kv.split("=") for kv in args.only.split(","))
+        index = {"s_q": 1, "sk": 2, "h_q": 3, "varlen": 5}
+        configs = [c for c in configs if all(str(c[index[k]]) == v for k, v in want.items())]
+    from tritonmla.kernels import dispatch
+    no_hopper = dispatch.hopper_device(torch.device("cuda"))
+    if args.kernel == "both":
+        kernels = ["portable"] if no_hopper else ["hopper", "portable"]
+        if no_hopper:
+            print(f"Hopper kernel not timed: {no_hopper}")
+    else:
+        kernels = [args.kernel]
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"dtype {args.dtype}, {time.strftime('%Y-%m-%d')}")
+          f"dtype {args.dtype}, kernels {', '.join(kernels)}, {time.strftime('%Y-%m-%d')}")
     rows = []
-    for i, (b, s_q, sk, h_q, h_kv, varlen) in enumerate(configs):
-        progress(i, len(configs), f"b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
-        rows.append(bench_config(tm, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))
+    jobs = [(k, c) for c in configs for k in kernels]
+    for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen)) in enumerate(jobs):
+        progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
+        rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))
         torch.cuda.empty_cache()
-    progress(len(configs), len(configs), "done")
+    progress(len(jobs), len(jobs), "done")
     sys.stderr.write("\n")
     print_table(rows)
     if args.csv:
@@ -198,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tritonmla.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only mean_sk=8192, fixed lengths")
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    p.add_argument("--kernel", choices=("both", "auto", "hopper", "portable"), default="both",
+                   help="which decode kernel(s) to time (default: both, side by side)")
+    p.add_argument("--only", help="configs to run, e.g. 'sk=8192,h_q=128' (any of s_q, sk, h_q, varlen)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--json", help="write the table as JSON")
     p.add_argument("--plot", help="write a roofline PNG", default=None)

@@ -20,16 +20,22 @@ import triton
 import triton.language as tl
 
 from .._runtime import sm_count
+from ..kernels import dispatch
 from ..kernels.decode import PLAN_TILE, SCHED_ROW, launch_config
 
 FIXED_COST = 5  # per-request overhead in tiles, as FlashMLA's scheduler counts it
 
 
-def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int) -> int:
-    """How many KV ranges to cut the batch into: enough programs to fill the GPU once."""
-    cfg = launch_config(rows_per_kv_head)
-    m_blocks = triton.cdiv(rows_per_kv_head, cfg.block_m)
-    return max(1, sm_count(device) * cfg.programs_per_sm // (num_heads_k * m_blocks))
+def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int, kernel: str | None = None) -> int:
+    """How many KV ranges to cut the batch into: enough programs to fill the GPU once (for the kernel that
+    will run there; any plan is correct for either kernel)."""
+    if dispatch.plans_for_hopper(device, kernel):  # 64-row blocks, one program per SM (224 KB of smem)
+        block_m, programs_per_sm = dispatch.HOPPER_BLOCK_M, 1
+    else:
+        cfg = launch_config(rows_per_kv_head)
+        block_m, programs_per_sm = cfg.block_m, cfg.programs_per_sm
+    m_blocks = triton.cdiv(rows_per_kv_head, block_m)
+    return max(1, sm_count(device) * programs_per_sm // (num_heads_k * m_blocks))
 
 
 @triton.jit

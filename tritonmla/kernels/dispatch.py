@@ -1,0 +1,99 @@
+"""Which decode kernel runs: the Gluon Hopper kernel (decode_hopper) or the portable Triton one (decode).
+
+kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None)
+and the portable kernel otherwise; "hopper" insists (a clear ValueError says why it cannot run); "portable"
+forces the portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from .._runtime import interpreter_enabled
+from .decode import D_QK
+
+KERNELS = ("auto", "hopper", "portable")
+HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (decode_hopper.BLOCK_M)
+
+try:  # Gluon ships with triton >= 3.5; the kernel is written against 3.6
+    from . import decode_hopper
+    _GLUON_ERROR: Optional[str] = None
+except Exception as e:  # noqa: BLE001  (any import failure just means: no Hopper path)
+    decode_hopper = None
+    _GLUON_ERROR = f"{type(e).__name__}: {e}"
+
+_hopper_failed: Optional[str] = None  # set when "auto" saw the Hopper kernel fail to compile
+
+
+def requested_kernel(kernel: Optional[str]) -> str:
+    choice = kernel if kernel is not None else os.environ.get("TRITONMLA_KERNEL", "auto")
+    if choice not in KERNELS:
+        source = "kernel" if kernel is not None else "TRITONMLA_KERNEL"
+        raise ValueError(f"{source} must be one of {', '.join(KERNELS)}, got {choice!r}")
+    return choice
+
+
+@functools.lru_cache(maxsize=None)
+def _is_sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def hopper_device(device: torch.device) -> Optional[str]:
+    """None if `device` can run the Hopper kernel at all, else why not."""
+    if _GLUON_ERROR is not None:
+        return f"Gluon is not importable ({_GLUON_ERROR})"
+    if device.type != "cuda" or interpreter_enabled():
+        return "the Hopper kernel needs a CUDA device (not the interpreter)"
+    if not _is_sm90(device.index if device.index is not None else torch.cuda.current_device()):
+        return f"the Hopper kernel needs compute capability 9.0, {device} has " \
+               f"{torch.cuda.get_device_capability(device)}"
+    return None
+
+
+def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
+    """None if these inputs can take the Hopper kernel, else the reason (for errors and the support matrix)."""
+    why = hopper_device(q.device)
+    if why is not None:
+        return why
+    num_blocks, page_size, heads_kv, d = k_cache.shape
+    if page_size % 64 != 0:
+        return f"the Hopper kernel needs page_size a multiple of 64 (TMA tiles of 64 tokens), got {page_size}"
+    if k_cache.stride() != (page_size * heads_kv * d, heads_kv * d, d, 1):
+        return "the Hopper kernel needs a contiguous k_cache (TMA reads it as [tokens, heads_kv * 576])"
+    if k_cache.data_ptr() % 16 != 0:
+        return "the Hopper kernel needs k_cache 16-byte aligned (TMA)"
+    if num_blocks * page_size >= 2 ** 31:
+        return "the Hopper kernel addresses cache rows with int32 TMA coordinates: num_blocks * page_size < 2**31"
+    assert d == D_QK
+    return None
+
+
+def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:
+    """Whether get_mla_metadata should size its plan for the Hopper kernel (64-row blocks, one part per SM)."""
+    choice = requested_kernel(kernel)
+    return choice != "portable" and hopper_device(device) is None and _hopper_failed is None
+
+
+def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str:
+    """'hopper' or 'portable' for this call."""
+    choice = requested_kernel(kernel)
+    if choice == "portable":
+        return "portable"
+    why = hopper_unsupported(q, k_cache)
+    if choice == "hopper":
+        if why is not None:
+            raise ValueError(f"kernel='hopper' cannot run here: {why}")
+        return "hopper"
+    return "hopper" if why is None and _hopper_failed is None else "portable"
+
+
+def note_hopper_failure(error: Exception) -> None:
+    """"auto" keeps working on the portable kernel if the Hopper kernel fails to build; say so once."""
+    global _hopper_failed
+    _hopper_failed = f"{type(error).__name__}: {error}"
+    warnings.warn(f"tritonmla: the Gluon Hopper kernel failed to build ({_hopper_failed}); using the portable "
+                  "kernel", RuntimeWarning, stacklevel=3)
