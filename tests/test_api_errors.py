@@ -43,6 +43,9 @@ def call(args, **change):
     (lambda a: dict(head_dim_v=512.0), TypeError, "head_dim_v must be an int"),
     (lambda a: dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
     (lambda a: dict(causal=1), TypeError, "causal must be a bool"),
+    (lambda a: dict(kernel=1), TypeError, "kernel must be a str"),
+    (lambda a: dict(kernel="fast"), ValueError, "kernel must be one of auto, hopper, portable"),
+    (lambda a: dict(kernel="hopper"), ValueError, "kernel='hopper' cannot run here"),  # CPU, page 16
     (lambda a: dict(num_splits=a["num_splits"][:-1]), ValueError, "num_splits must be"),
     (lambda a: dict(num_splits=a["num_splits"].long()), TypeError, "num_splits must have dtype int32"),
     (lambda a: dict(num_splits=None), TypeError, "num_splits must be a torch.Tensor"),
@@ -112,3 +115,9 @@ def test_reference_matches_a_hand_computed_row():
     weights = torch.softmax(scores, 0)
     assert torch.allclose(out[0, 0, 1].double(), (weights[:, None] * keys[:4, :512]).sum(0), atol=1e-3)
     assert abs(lse[0, 1, 0].item() - torch.logsumexp(scores, 0).item()) < 1e-5
+
+
+def test_kernel_env_var_is_checked(good, monkeypatch):
+    monkeypatch.setenv("TRITONMLA_KERNEL", "gluon")
+    with pytest.raises(ValueError, match="TRITONMLA_KERNEL must be one of"):
+        call(good)

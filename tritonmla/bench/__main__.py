@@ -184,6 +184,12 @@ def gpu_main(args) -> None:
           f"dtype {args.dtype}, kernels {', '.join(kernels)}, {time.strftime('%Y-%m-%d')}")
     rows = []
     jobs = [(k, c) for c in configs for k in kernels]
+    # Warm-up (not recorded): compile and bring the GPU to its working clocks. Without it the first configs
+    # of a run on a fresh machine measured up to 1.7x slow (NOTES.md run 9).
+    for kernel in kernels:
+        progress(0, len(jobs), f"warm-up {kernel}")
+        for _ in range(3):
+            bench_config(tm, kernel, *jobs[0][1], True, dtype, anchors)
     for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen)) in enumerate(jobs):
         progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
         rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))

@@ -181,6 +181,15 @@ def mla_decode_kernel(
         tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=partial)
 
 
+def table_and_output_strides(block_table, out, lse, out_partial, lse_partial) -> tuple[int, ...]:
+    """The stride arguments both decode kernels take, in order, from stride_btb to stride_plh."""
+    return (block_table.stride(0),
+            out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1),
+            out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
+            lse_partial.stride(0), lse_partial.stride(1))
+
+
 def launch_decode(q, k_cache, block_table, cache_seqlens, sched, num_splits, out, lse, out_partial, lse_partial,
                   softmax_scale: float, causal: bool):
     """Run mla_decode_kernel over the plan: grid = (query-row blocks, KV heads, parts). Returns the compiled kernel."""
@@ -195,11 +204,7 @@ def launch_decode(q, k_cache, block_table, cache_seqlens, sched, num_splits, out
         softmax_scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
-        lse_partial.stride(0), lse_partial.stride(1),
+        *table_and_output_strides(block_table, out, lse, out_partial, lse_partial),
         seq_q, heads_per_kv, block_table.shape[1] * page_size,
         D_V=D_V, D_ROPE=D_ROPE, PAGE_SIZE=page_size,
         BLOCK_M=cfg.block_m, BLOCK_N=min(cfg.block_n, PLAN_TILE), PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,

@@ -26,7 +26,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .decode import D_QK, D_V, LOG2E, PLAN_TILE, SCHED_ROW
+from .decode import D_QK, D_V, LOG2E, PLAN_TILE, SCHED_ROW, table_and_output_strides
 
 BLOCK_M = gl.constexpr(64)  # query rows per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per KV tile: one TMA box height, = PLAN_TILE
@@ -270,11 +270,7 @@ def launch_decode_hopper(q, k_cache, block_table, cache_seqlens, sched, num_spli
         out, lse, out_partial, lse_partial,
         softmax_scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2),
-        block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
-        lse_partial.stride(0), lse_partial.stride(1),
+        *table_and_output_strides(block_table, out, lse, out_partial, lse_partial),
         seq_q, heads_per_kv, block_table.shape[1] * page_size,
         PAGE_SIZE=page_size, CAUSAL=causal, PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,
         NUM_STAGES=NUM_STAGES.value, OVERLAP_PV_S=grid[0] > 1, num_warps=NUM_WARPS,

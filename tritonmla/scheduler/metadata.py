@@ -29,7 +29,7 @@ FIXED_COST = 5  # per-request overhead in tiles, as FlashMLA's scheduler counts 
 def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int, kernel: str | None = None) -> int:
     """How many KV ranges to cut the batch into: enough programs to fill the GPU once (for the kernel that
     will run there; any plan is correct for either kernel)."""
-    if dispatch.plans_for_hopper(device, kernel):  # 64-row blocks, one program per SM (224 KB of smem)
+    if dispatch.plans_for_hopper(device, rows_per_kv_head, kernel):  # 64-row blocks, one program per SM (224 KB of smem)
         block_m, programs_per_sm = dispatch.HOPPER_BLOCK_M, 1
     else:
         cfg = launch_config(rows_per_kv_head)
