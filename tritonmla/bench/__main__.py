@@ -28,6 +28,7 @@ import torch
 from tritonmla.kernels.decode import D_V
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
+WARMUP_S = 20.0
 ROOF_GBPS, ROOF_TFLOPS = 2933.0, 676.0  # device H100 ceilings measured with the anchors (read-only sum, bf16 GEMM)
 
 
@@ -184,12 +185,16 @@ def gpu_main(args) -> None:
           f"dtype {args.dtype}, kernels {', '.join(kernels)}, {time.strftime('%Y-%m-%d')}")
     rows = []
     jobs = [(k, c) for c in configs for k in kernels]
-    # Warm-up (not recorded): compile and bring the GPU to its working clocks. Without it the first configs
-    # of a run on a fresh machine measured up to 1.7x slow (NOTES.md run 9).
-    for kernel in kernels:
-        progress(0, len(jobs), f"warm-up {kernel}")
-        for _ in range(3):
+    # Warm-up (not recorded): compile every kernel variant, then keep the GPU busy for WARMUP_S. Without it the
+    # first configs of a run on a fresh machine measured up to 1.7x slow (NOTES.md run 9).
+    t0 = time.time()
+    while True:
+        for kernel in kernels:
+            progress(0, len(jobs), f"warm-up {kernel}")
             bench_config(tm, kernel, *jobs[0][1], True, dtype, anchors)
+            bench_config(tm, kernel, *jobs[-1][1], True, dtype, anchors)
+        if time.time() - t0 > WARMUP_S:
+            break
     for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen)) in enumerate(jobs):
         progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
         rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))
