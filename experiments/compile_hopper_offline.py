@@ -1,6 +1,7 @@
 """Compile the Gluon Hopper kernel for sm_90 on a machine without a GPU (frontend + ptxas, no launch), to catch
 compile errors and read register/spill/shared-memory use before spending device time.
-Run: python experiments/compile_hopper_offline.py [bf16|fp16] [causal 0|1] [page_size] [overlap_pv_s 0|1]"""
+Run: python experiments/compile_hopper_offline.py [bf16|fp16] [causal 0|1] [page_size] [module, default tritonmla.kernels.decode_hopper]"""
+import importlib
 import re
 import sys
 
@@ -9,17 +10,16 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon import language as gl
 
-from tritonmla.kernels import decode_hopper as H
 
 dtype = sys.argv[1] if len(sys.argv) > 1 else "bf16"
 causal = bool(int(sys.argv[2])) if len(sys.argv) > 2 else True
 page = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-overlap = bool(int(sys.argv[4])) if len(sys.argv) > 4 else True
+H = importlib.import_module(sys.argv[4] if len(sys.argv) > 4 else "tritonmla.kernels.decode_hopper")
 ty = {"bf16": "bf16", "fp16": "fp16"}[dtype]
 gty = gl.bfloat16 if dtype == "bf16" else gl.float16
 layout = gl.NVMMASharedLayout.get_default_for([64, 64], gty)
 desc_ty = f"tensordesc<{ty}[64, 64],{layout!r}>" if False else None
-fn = H.mla_decode_hopper_kernel
+fn = next(v for k, v in vars(H).items() if k.startswith("mla_decode") and k.endswith("_kernel"))
 names = fn.arg_names
 sig = {}
 for n in names:
@@ -39,10 +39,14 @@ for n in names:
         sig[n] = "i32"
 constexprs = {(names.index("PAGE_SIZE"),): page, (names.index("CAUSAL"),): causal,
               (names.index("PLAN_TILE"),): 64, (names.index("SCHED_ROW"),): 8,
-              (names.index("NUM_STAGES"),): H.NUM_STAGES.value,
-              (names.index("OVERLAP_PV_S"),): overlap, (names.index("num_warps"),): H.NUM_WARPS}
+              (names.index("num_warps"),): H.NUM_WARPS}
+if "NUM_STAGES" in names:
+    constexprs[(names.index("NUM_STAGES"),)] = H.NUM_STAGES.value
+if "OVERLAP_PV_S" in names:  # the shipped kernel's compute-bound loop order (several 64-row blocks)
+    constexprs[(names.index("OVERLAP_PV_S"),)] = True
 src = GluonASTSource(fn, sig, constexprs)
-k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": H.NUM_WARPS})
+k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": H.NUM_WARPS,
+                                                                **({"maxnreg": H.MAXNREG} if hasattr(H, "MAXNREG") else {})})
 ptx = k.asm["ptx"]
 print("shared bytes:", k.metadata.shared, "| wgmma:", len(re.findall(r"wgmma.mma_async", ptx)),
       "| local (spill) ld/st:", len(re.findall(r"\bld\.local|\bst\.local", ptx)))
