@@ -185,8 +185,9 @@ def gpu_main(args) -> None:
           f"dtype {args.dtype}, kernels {', '.join(kernels)}, {time.strftime('%Y-%m-%d')}")
     rows = []
     jobs = [(k, c) for c in configs for k in kernels]
-    # Warm-up (not recorded): compile every kernel variant, then keep the GPU busy for WARMUP_S. Without it the
-    # first configs of a run on a fresh machine measured up to 1.7x slow (NOTES.md run 9).
+    # Warm-up (not recorded): compile every kernel variant, then keep the GPU busy for WARMUP_S, so the first
+    # configs are not timed on a cold machine. (The Hopper kernel's sk 4096 rows still swing run to run with it:
+    # NOTES.md run 9.)
     t0 = time.time()
     while True:
         for kernel in kernels:

@@ -1,8 +1,9 @@
 """Which decode kernel runs: the Gluon Hopper kernel (decode_hopper) or the portable Triton one (decode).
 
 kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None)
-and there are more than AUTO_PORTABLE_MAX_ROWS query rows per KV head, and the portable kernel otherwise; "hopper" insists (a clear ValueError says why it cannot run); "portable"
-forces the portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one.
+and there are more than AUTO_PORTABLE_MAX_ROWS query rows per KV head, else the portable kernel; "hopper"
+insists (a clear ValueError says why it cannot run); "portable" forces the portable kernel. The default comes
+from TRITONMLA_KERNEL when no argument names one.
 """
 from __future__ import annotations
 
@@ -94,9 +95,7 @@ def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str
             raise ValueError(f"kernel='hopper' cannot run here: {why}")
         return "hopper"
     rows_per_kv_head = q.shape[1] * q.shape[2] // k_cache.shape[2]
-    if why is None and _hopper_failed is None and rows_per_kv_head > AUTO_PORTABLE_MAX_ROWS:
-        return "hopper"
-    return "portable"
+    return "hopper" if why is None and plans_for_hopper(q.device, rows_per_kv_head, "auto") else "portable"
 
 
 def note_hopper_failure(error: Exception) -> None:
