@@ -9,6 +9,7 @@ Run on the device: PYTHONPATH=. python3 experiments/hopper_breakdown.py
 """
 import importlib.util
 import pathlib
+import re
 import sys
 import tempfile
 
@@ -16,7 +17,9 @@ import torch
 import triton
 
 import tritonmla
+from tritonmla.api import calls
 from tritonmla.bench.workload import make_decode_inputs, work
+from tritonmla.kernels import dispatch
 from tritonmla.scheduler.metadata import num_parts_for
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "tritonmla/kernels/decode_hopper.py"
@@ -35,7 +38,8 @@ EDITS["both"] = EDITS["l2_only"] + EDITS["no_exp"]
 
 
 def load_variant(name):
-    text = SRC.read_text().replace("from .decode import", "from tritonmla.kernels.decode import")
+    text = re.sub(r"from \.(\w)", r"from tritonmla.kernels.\1",
+                  re.sub(r"from \.\.(\w)", r"from tritonmla.\1", SRC.read_text()))
     for old, new in EDITS.get(name, []):
         assert old in text, (name, old[:60])
         text = text.replace(old, new)
@@ -49,17 +53,14 @@ def load_variant(name):
 
 
 def time_variant(mod, seq_q, heads_q, seqlen=8192, batch=128):
+    dispatch.decode_hopper = mod  # the API binds the Hopper kernel through this module
+    calls.clear()
     x = make_decode_inputs([seqlen] * batch, seq_q, heads_q, 1, 64, torch.bfloat16, "cuda",
                            generator=torch.Generator("cuda").manual_seed(0))
     sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts_for(x.q.device, seq_q * heads_q, 1,
                                                                              "hopper"))
-    out = torch.empty(batch, seq_q, heads_q, 512, dtype=x.q.dtype, device="cuda")
-    lse = torch.empty(batch, heads_q, seq_q, device="cuda")
-    parts = batch + sched.shape[0]
-    op = torch.empty(parts, 1, seq_q * heads_q, 512, device="cuda")
-    lp = torch.empty(parts, 1, seq_q * heads_q, device="cuda")
-    run = lambda: mod.launch_decode_hopper(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, out, lse,
-                                           op, lp, 576 ** -0.5, True)
+    run = lambda: tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched,  # noqa
+                                                   splits, causal=True, kernel="hopper")
     ms = triton.testing.do_bench(run, warmup=50, rep=300, return_mode="median")
     flops, _ = work([seqlen] * batch, batch, seq_q, heads_q, 1)
     return ms, flops / ms / 1e9

@@ -1,4 +1,5 @@
 """Run the benchmark or the GPU tests with experiments/seesaw_kernel.py standing in for the shipped Hopper kernel.
+Written against the code before issue 8: run it from commit 0229004 (see seesaw_kernel.py).
 Device only. Usage: PYTHONPATH=. python3 experiments/seesaw_run.py bench [bench args]
                     PYTHONPATH=. python3 experiments/seesaw_run.py pytest [pytest args]"""
 import pathlib

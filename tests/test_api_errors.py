@@ -38,6 +38,9 @@ def call(args, **change):
     (lambda a: dict(block_table=a["block_table"].t().contiguous().t()), ValueError, "block_table must be contig"),
     (lambda a: dict(cache_seqlens=a["cache_seqlens"].long()), TypeError, "cache_seqlens must have dtype int32"),
     (lambda a: dict(cache_seqlens=a["cache_seqlens"][:1]), ValueError, "cache_seqlens must have batch"),
+    (lambda a: dict(cache_seqlens=a["cache_seqlens"].repeat_interleave(2)[::2]), ValueError,
+     "cache_seqlens must be contiguous"),
+    (lambda a: dict(head_dim_v=[512]), TypeError, "head_dim_v must be an int"),
     (lambda a: dict(head_dim_v=600), ValueError, "head_dim_v .* must not exceed"),
     (lambda a: dict(head_dim_v=256), ValueError, "head_dim_v must be 512"),
     (lambda a: dict(head_dim_v=512.0), TypeError, "head_dim_v must be an int"),
@@ -89,6 +92,8 @@ def test_unimplemented_features_say_so(good, feature):
     ((torch.zeros(3, dtype=torch.int32), 0, 1), ValueError, "num_heads_per_head_k must be >= 1"),
     ((torch.zeros(3, dtype=torch.int32), 16, 1.0), TypeError, "num_heads_k must be an int"),
     ((torch.zeros(3, dtype=torch.int32), 16, None), TypeError, "either no arguments or all"),
+    ((torch.zeros(6, dtype=torch.int32)[::2], 16, 1), ValueError, "cache_seqlens must be contiguous"),
+    ((torch.zeros(3, dtype=torch.int32), [16], 1), TypeError, "num_heads_per_head_k must be an int"),
 ])
 def test_get_mla_metadata_bad_args(args, error, match):
     with pytest.raises(error, match=match):

@@ -1,6 +1,7 @@
 """GPU tests (skipped without CUDA): FlashMLA's own test grid in bf16 and fp16 with FlashMLA's tolerances,
-page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, and torch.compile; each for both decode
-kernels (the Gluon Hopper kernel only where the GPU can run it)."""
+page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, torch.compile, the fused combine under
+stress, the cached call path (unaligned inputs, no compiles across batch sizes after warmup()); each for both
+decode kernels (the Gluon Hopper kernel only where the GPU can run it)."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +12,9 @@ import torch
 import tritonmla
 from tritonmla.api.op import decode_into
 from tritonmla.kernels import dispatch
-from tritonmla.scheduler.metadata import num_parts_for
+from tritonmla.kernels.constants import SCHED_MERGE_COUNTER
+from tritonmla.kernels.decode import mla_decode_kernel
+from tritonmla.scheduler.metadata import num_parts_for, plan_kernel
 
 from helpers import assert_close, make_decode_inputs, random_seqlens
 
@@ -209,12 +212,102 @@ def test_eight_speculative_tokens_gpu(heads_q, heads_kv, dtype, kernel):
 
 
 def test_auto_takes_hopper_where_it_can():
-    small = make_decode_inputs([100], 1, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
-    assert dispatch.choose("auto", small.q, small.k_cache) == "portable"  # <= 16 rows: portable is as fast
-    x = make_decode_inputs([100], 2, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
-    expected = "hopper" if dispatch.hopper_device(x.q.device) is None else "portable"
-    assert dispatch.choose("auto", x.q, x.k_cache) == expected
+    expected = "hopper" if dispatch.hopper_device(torch.device("cuda")) is None else "portable"
+    for seq_q, heads_q in ((1, 1), (1, 16), (2, 16)):
+        x = make_decode_inputs([100], seq_q, heads_q, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+        assert dispatch.choose("auto", x.q, x.k_cache) == expected
     sliced = x.k_cache[:, :, :, :]  # same strides: still fine
     assert dispatch.choose("auto", x.q, sliced) == expected
     padded = torch.zeros(x.k_cache.shape[0], 64, 1, 640, dtype=torch.bfloat16, device="cuda")[..., :576]
     assert dispatch.choose("auto", x.q, padded) == "portable"  # non-contiguous rows: no TMA view
+
+
+def compiled_variants() -> int:
+    """Compiled variants of every tritonmla kernel in this process (Triton's per-device JIT caches)."""
+    fns = [plan_kernel, mla_decode_kernel]
+    if dispatch.decode_hopper is not None:
+        fns.append(dispatch.decode_hopper.mla_decode_hopper_kernel)
+    return sum(len(cache[0]) for fn in fns for cache in fn.device_caches.values())
+
+
+@pytest.mark.parametrize("heads_q", [16, 128])
+def test_no_compile_after_warmup_across_batch_sizes(heads_q):
+    """warmup() compiles what a configuration uses; then batches of every size 1..512, random lengths and block
+    table widths, both API forms, causal or not, compile nothing."""
+    seq_qs = (1, 2)
+    tritonmla.warmup(heads_q, seq_q=seq_qs, causal=(False, True))
+    before = compiled_variants()
+    gen = torch.Generator().manual_seed(heads_q)
+    for batch in range(1, 513):
+        seq_q, causal = seq_qs[batch % 2], batch % 3 > 0
+        x = make_decode_inputs(random_seqlens(gen, batch, int(torch.randint(1, 700, (1,), generator=gen))), seq_q,
+                               heads_q, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+        if batch % 4 == 0:
+            meta = tritonmla.get_mla_metadata()
+        else:
+            meta = tritonmla.get_mla_metadata(x.cache_seqlens, seq_q * heads_q, 1)
+        out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, *meta,
+                                                    causal=causal)
+        if batch in (1, 5, 64, 333, 512):
+            ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                              causal=causal)
+            assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
+            assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+    torch.cuda.synchronize()
+    assert compiled_variants() == before
+
+
+def test_fused_merge_stress_is_bitwise_deterministic(kernel):
+    """Many programs race to finish each request (8 long requests over every part, 4 row blocks at h_q 128 s_q 2):
+    replayed 300 times in a CUDA graph, the results never change by a bit and the merge counters end at 0."""
+    x = make_decode_inputs([16384, 9000, 12000, 700, 16000, 5000, 14000, 3000], 2, 128, 1, 64, torch.bfloat16,
+                           "cuda", generator=torch.Generator("cuda").manual_seed(5))
+    num_parts = num_parts_for(x.q.device, 256, 1, kernel)
+    sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts)
+    assert int((splits[1:] - splits[:-1]).max()) >= 4
+
+    def step():
+        return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
+                                                causal=True, kernel=kernel)
+
+    first_out, first_lse = step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+    for _ in range(300):
+        out.fill_(float("nan"))
+        graph.replay()
+        assert torch.equal(out, first_out) and torch.equal(lse, first_lse)
+    assert int(sched[:, SCHED_MERGE_COUNTER].abs().sum()) == 0
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True)
+    assert_close("out", first_out, ref_out, **PEAKED_OUT_TOL)
+    assert_close("lse", first_lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+def test_eager_path_equals_custom_op_path(kernel):
+    x = make_decode_inputs([3000, 17, 900], 2, 64, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+    sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts_for(x.q.device, 128, 1, kernel))
+    eager = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
+                                             causal=True, kernel=kernel)
+    op = torch.ops.tritonmla.mla_decode(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, 512,
+                                        576 ** -0.5, True, kernel)
+    assert torch.equal(eager[0], op[0]) and torch.equal(eager[1], op[1])
+
+
+def test_unaligned_q_takes_a_one_off_binding(kernel):
+    """The cached variants assume 16-byte aligned pointers; an 8-byte aligned q runs through its own binding, and
+    the aligned calls around it stay on the cached one."""
+    x = make_decode_inputs([300, 1000], 2, 64, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+    buf = torch.empty(x.q.numel() + 8, dtype=torch.bfloat16, device="cuda")
+    q_odd = buf[4:4 + x.q.numel()].view(x.q.shape)
+    q_odd.copy_(x.q)
+    assert q_odd.data_ptr() % 16 == 8
+    meta = tritonmla.get_mla_metadata(x.cache_seqlens, 128, 1)
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True)
+    for q in (x.q, q_odd, x.q):
+        out, lse = tritonmla.flash_mla_with_kvcache(q, x.k_cache, x.block_table, x.cache_seqlens, 512, *meta,
+                                                    causal=True, kernel=kernel)
+        assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
+        assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)

@@ -181,3 +181,54 @@ def test_plan_is_balanced():
         load[part] += -(-(hi - lo) // 64) + 5
     total = sum(-(-int(s) // 64) + 5 for s in seqlens)
     assert max(load) <= -(-total // num_parts) + 5, (max(load), total / num_parts)
+
+
+# --- fused combine and the cached call path ---------------------------------------------------------------------
+
+def test_fused_merge_is_deterministic_and_leaves_the_plan_as_it_was():
+    """Every split request is merged by whichever of its programs finishes last; the merge counters it keeps in
+    the plan go back to 0, so the same plan serves the next call (as every layer of a decode step does)."""
+    gen = torch.Generator().manual_seed(21)
+    x = make_decode_inputs([450, 3, 190, 0, 333], 2, 16, 1, 16, torch.float16, "cpu", generator=gen)
+    sched, splits = plan(x.cache_seqlens, 13)
+    assert int((splits[1:] - splits[:-1]).max()) >= 3
+    plan_before = sched.clone()
+    results = [tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
+                                                causal=True) for _ in range(3)]
+    assert torch.equal(sched, plan_before)
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True, compute_dtype=torch.float64)
+    assert_close("out", results[0][0], ref_out, **OUT_TOL)
+    assert_close("lse", results[0][1], ref_lse, **LSE_TOL)
+
+
+def test_cached_path_equals_custom_op_path():
+    gen = torch.Generator().manual_seed(22)
+    x = make_decode_inputs([260, 70], 2, 16, 1, 64, torch.float16, "cpu", generator=gen)
+    sched, splits = plan(x.cache_seqlens, 5)
+    eager = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
+                                             causal=True)
+    op = torch.ops.tritonmla.mla_decode(x.q, x.k_cache, x.block_table, x.cache_seqlens, sched, splits, 512,
+                                        576 ** -0.5, True, None)
+    assert torch.equal(eager[0], op[0]) and torch.equal(eager[1], op[1])
+
+
+def test_cached_configuration_still_checks_argument_types():
+    """A cached configuration skips the checks only for arguments equal to a checked call's, types included."""
+    gen = torch.Generator().manual_seed(23)
+    x = make_decode_inputs([40, 7], 1, 4, 1, 16, torch.float16, "cpu", generator=gen)
+    meta = tritonmla.get_mla_metadata(x.cache_seqlens, 4, 1)
+    args = (x.q, x.k_cache, x.block_table, x.cache_seqlens)
+    tritonmla.flash_mla_with_kvcache(*args, 512, *meta, causal=True)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        tritonmla.flash_mla_with_kvcache(*args, 512, *meta, causal=1)
+    with pytest.raises(TypeError, match="head_dim_v must be an int"):
+        tritonmla.flash_mla_with_kvcache(*args, 512.0, *meta, causal=True)
+    with pytest.raises(TypeError, match="q must have dtype"):
+        tritonmla.flash_mla_with_kvcache(x.q.float(), *args[1:], 512, *meta, causal=True)
+
+
+def test_warmup_runs_every_combination():
+    assert tritonmla.warmup(16, seq_q=(1, 2), page_size=16, dtype=torch.float16, causal=True) == 2

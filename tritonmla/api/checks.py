@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.decode import D_QK, D_V, SCHED_ROW
+from ..kernels.constants import D_QK, D_V, SCHED_ROW
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 MAX_PAGE_SIZE = 256
@@ -82,6 +82,8 @@ def check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, soft
         raise ValueError("block_table must be contiguous in its last dimension")
     if cache_seqlens.shape[0] != batch:
         raise ValueError(f"cache_seqlens must have batch={batch} entries, got {cache_seqlens.shape[0]}")
+    if cache_seqlens.stride(0) != 1 and batch > 1:
+        raise ValueError("cache_seqlens must be contiguous")
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     if not isinstance(causal, bool):
@@ -109,6 +111,8 @@ def check_metadata_args(cache_seqlens, num_heads_per_head_k, num_heads_k) -> Non
     _dtype("cache_seqlens", cache_seqlens, (torch.int32,))
     if cache_seqlens.shape[0] < 1 or cache_seqlens.shape[0] > MAX_BATCH:
         raise ValueError(f"cache_seqlens must have 1..{MAX_BATCH} entries, got {cache_seqlens.shape[0]}")
+    if cache_seqlens.stride(0) != 1 and cache_seqlens.shape[0] > 1:
+        raise ValueError("cache_seqlens must be contiguous")
     for name, value in (("num_heads_per_head_k", num_heads_per_head_k), ("num_heads_k", num_heads_k)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")

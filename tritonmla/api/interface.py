@@ -8,6 +8,11 @@
 
 Tensors on CUDA run the Triton kernels. CPU tensors run the same kernels under TRITON_INTERPRET=1 (set before
 importing tritonmla), and otherwise the pure-PyTorch reference (tritonmla.reference).
+
+Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) was seen before is a dictionary
+lookup, three allocations and one kernel launch (tritonmla.api.calls); the argument checks, the kernel choice and
+the kernel binding run on a configuration's first call. Under torch.compile and other tracing the same work goes
+through torch.library custom ops (tritonmla.api.op).
 """
 from __future__ import annotations
 
@@ -17,10 +22,9 @@ from typing import Optional, Union
 
 import torch
 
-from . import op  # noqa: F401  (registers torch.ops.tritonmla.*)
+from . import calls, op  # noqa: F401  (op registers torch.ops.tritonmla.*)
 from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors
 from ..kernels import dispatch
-from ..scheduler.metadata import num_parts_for
 
 
 @dataclasses.dataclass
@@ -47,6 +51,8 @@ class FlashMLASchedMeta:
     config: Optional[Config] = None
     tile_scheduler_metadata: Optional[torch.Tensor] = None  # [num_parts, 8] int32
     num_splits: Optional[torch.Tensor] = None  # [batch + 1] int32
+    # The configuration (tritonmla.api.calls.DecodeCall) last checked against `config`: its calls skip the check.
+    checked_call: Optional[object] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def get_mla_metadata(
@@ -60,15 +66,24 @@ def get_mla_metadata(
     (tile_scheduler_metadata [num_parts, 8] int32, num_splits [batch + 1] int32), computed on cache_seqlens'
     device without a host sync. With no arguments: returns (FlashMLASchedMeta(), None), planned on first use.
     """
-    given = [a is not None for a in (cache_seqlens, num_heads_per_head_k, num_heads_k)]
-    if not any(given):
+    if cache_seqlens is None and num_heads_per_head_k is None and num_heads_k is None:
         return FlashMLASchedMeta(), None
-    if not all(given):
+    if not calls.tracing():
+        try:
+            call = calls.cached_plan_call(calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None))
+        except (AttributeError, TypeError):  # not a tensor, or unhashable: the checks say so
+            call = None
+        if call is not None:
+            return call(cache_seqlens)
+    if cache_seqlens is None or num_heads_per_head_k is None or num_heads_k is None:
         raise TypeError("get_mla_metadata takes either no arguments or all of "
                         "(cache_seqlens, num_heads_per_head_k, num_heads_k)")
     check_metadata_args(cache_seqlens, num_heads_per_head_k, num_heads_k)
-    num_parts = num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k)
-    return torch.ops.tritonmla.plan(cache_seqlens, num_parts)
+    if calls.tracing():
+        num_parts = calls.num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k)
+        return torch.ops.tritonmla.plan(cache_seqlens, num_parts)
+    key = calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None)
+    return calls.plan_call(key, cache_seqlens, num_heads_per_head_k, num_heads_k, None)(cache_seqlens)
 
 
 def _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
@@ -92,9 +107,15 @@ def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: tor
                                       False, None, None, None)
     if not meta.have_initialized:
         heads_kv = k_cache.shape[2]
-        num_parts = num_parts_for(cache_seqlens.device, seq_q * heads_q // heads_kv, heads_kv,
-                                  dispatch.choose(kernel, q, k_cache))
-        meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(cache_seqlens, num_parts)
+        chosen = dispatch.choose(kernel, q, k_cache)
+        rows = seq_q * heads_q // heads_kv
+        if calls.tracing():
+            num_parts = calls.num_parts_for(cache_seqlens.device, rows, heads_kv, chosen)
+            meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(cache_seqlens, num_parts)
+        else:
+            key = calls.plan_key(cache_seqlens, rows, heads_kv, chosen)
+            plan = calls.plan_call(key, cache_seqlens, rows, heads_kv, chosen)
+            meta.tile_scheduler_metadata, meta.num_splits = plan(cache_seqlens)
         meta.config = config
         meta.have_initialized = True
     elif meta.config != config:
@@ -130,26 +151,63 @@ def flash_mla_with_kvcache(
     head_dim_v=512 columns); block_table [b, max_blocks] int32; cache_seqlens [b] int32, each at most
     max_blocks * page_size. Returns out [b, s_q, h_q, 512] (q's dtype) and lse [b, h_q, s_q] float32.
     causal: query i of s_q sees keys < seqlen - s_q + 1 + i. Rows that see no key give out 0, lse +inf.
+    tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens
+    (the kernels keep a merge counter in the plan and leave it as they found it).
     kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
     (raise ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
     """
+    if (is_fp8_kvcache is False and indices is None and attn_sink is None and extra_k_cache is None
+            and extra_indices_in_kvcache is None and topk_length is None and extra_topk_length is None
+            and type(q) is torch.Tensor and not calls.tracing()):
+        # The cached path: a configuration seen (and checked) before.
+        if type(tile_scheduler_metadata) is FlashMLASchedMeta:
+            meta, sched, splits = tile_scheduler_metadata, tile_scheduler_metadata.tile_scheduler_metadata, \
+                tile_scheduler_metadata.num_splits
+        else:
+            meta, sched, splits = None, tile_scheduler_metadata, num_splits
+        try:
+            call = calls.cached_decode_call(calls.decode_key(q, k_cache, block_table, cache_seqlens, sched, splits,
+                                                             head_dim_v, softmax_scale, causal, kernel))
+        except (AttributeError, TypeError):  # not a tensor, unhashable, or no plan yet: the checked path says
+            call = None
+        if call is not None and (meta is None or (num_splits is None and meta.checked_call is call)):
+            return call(q, k_cache, block_table, cache_seqlens, sched, splits)
+    return _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
+                         softmax_scale, causal, is_fp8_kvcache, indices, attn_sink, extra_k_cache,
+                         extra_indices_in_kvcache, topk_length, extra_topk_length, kernel)
+
+
+def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
+                  softmax_scale, causal, is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
+                  topk_length, extra_topk_length, kernel):
+    """A configuration's first call (checks, kernel choice, planning for FlashMLASchedMeta), and every call under
+    torch.compile / tracing (through the custom op)."""
     _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
                           topk_length, extra_topk_length)
     check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     if kernel is not None and not isinstance(kernel, str):
         raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
+    tracing = calls.tracing()
     if not torch.compiler.is_compiling():  # (inside the op it raises too, where dynamo need not trace it)
         dispatch.choose(kernel, q, k_cache)  # ValueError now for a bad name or an impossible kernel='hopper'
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    meta = None
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         if num_splits is not None:
             raise ValueError("num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta")
-        sched, splits = _plan_from_sched_meta(tile_scheduler_metadata, q, k_cache, cache_seqlens, causal,
-                                              kernel)
+        meta = tile_scheduler_metadata
+        sched, splits = _plan_from_sched_meta(meta, q, k_cache, cache_seqlens, causal, kernel)
     else:
         check_metadata_tensors(tile_scheduler_metadata, num_splits, q.shape[0], q.device)
         sched, splits = tile_scheduler_metadata, num_splits
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    return torch.ops.tritonmla.mla_decode(q, k_cache, block_table, cache_seqlens, sched, splits,
-                                          head_dim_v, scale, causal, kernel)
+    if tracing or type(q) is not torch.Tensor:
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        return torch.ops.tritonmla.mla_decode(q, k_cache, block_table, cache_seqlens, sched, splits,
+                                              head_dim_v, scale, causal, kernel)
+    key = calls.decode_key(q, k_cache, block_table, cache_seqlens, sched, splits, head_dim_v, softmax_scale,
+                           causal, kernel)
+    call = calls.decode_call(key, q, k_cache, block_table, sched, head_dim_v, scale, causal, kernel)
+    if meta is not None:
+        meta.checked_call = call
+    return call(q, k_cache, block_table, cache_seqlens, sched, splits)

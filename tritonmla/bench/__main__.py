@@ -1,10 +1,16 @@
 """Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
 
-    python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--csv FILE] [--json FILE]
-                              [--plot FILE.png]
+    python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--compare flashmla] [--csv FILE]
+                              [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
 
 --kernel both (the default) times the Gluon Hopper kernel and the portable kernel on every config, side by side
-(the Hopper column is left out on GPUs that cannot run it).
+(the Hopper column is left out on GPUs that cannot run it). Each config is timed as users see it: eager calls
+(host cost included) and the replay of a CUDA graph of the same call (GPU time alone). The ratio to FlashMLA is
+measured where `flash_mla` is importable and --compare flashmla asks for it (FlashMLA timed the same two ways, in
+the same process, on the same inputs: ratio = FlashMLA's time / ours); otherwise it is taken against FlashMLA's
+published H100 figures (the anchors file: GB/s, meaningful on an H100 only).
+--overhead prints the CPU time per call of every path instead (and FlashMLA's, where `flash_mla` is importable);
+--first-call the latency of a fresh process's first call (tritonmla.bench.host).
 
 Work is counted as FlashMLA's test counts it: FLOPs = 2 s_q sum(seqlens) h_q (d + dv), bytes = 2 (sum(seqlens) h_kv d
 + b s_q h_q (d + dv)); ratio = our GB/s over FlashMLA's for the same config (throughput, since varlen lengths
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from tritonmla.kernels.decode import D_V
+from tritonmla.kernels.constants import D_V
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
 WARMUP_S = 20.0
@@ -42,12 +48,15 @@ class Row:
     heads_kv: int
     varlen: bool
     causal: bool
-    ms: float
+    ms: float  # eager
     tflops: float
     gbps: float
     flashmla_gbps: float | None
     ratio: float | None
     max_abs_err: float
+    graph_ms: float  # CUDA-graph replay of the same call
+    graph_ratio: float | None
+    flashmla_source: str  # "measured" (same process, same inputs) or "anchor" (published H100 figure)
 
 
 def load_anchors() -> dict[tuple, float]:
@@ -69,9 +78,30 @@ def progress(i: int, n: int, label: str) -> None:
     sys.stderr.flush()
 
 
-def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors,
-                 seed=0) -> Row:
+def cuda_times(step) -> tuple[float, float]:
+    """(eager ms, CUDA-graph replay ms) of one call, medians of triton.testing.do_bench."""
     import triton
+    ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph_ms = triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
+    del graph
+    return ms, graph_ms
+
+
+def flashmla_times(fm, x, causal) -> tuple[float, float]:
+    """FlashMLA's (eager ms, graph ms) on the same inputs (its newer API: FlashMLASchedMeta, planned on first use)."""
+    meta, _ = fm.get_mla_metadata()
+    block_table = x.block_table.clamp(max=x.k_cache.shape[0] - 1)  # unused entries: valid indices, never read
+    step = lambda: fm.flash_mla_with_kvcache(x.q, x.k_cache, block_table, x.cache_seqlens, D_V, meta, None,  # noqa
+                                             causal=causal)
+    step()
+    return cuda_times(step)
+
+
+def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, dtype, anchors,
+                 fm=None, fm_memo=None, seed=0) -> Row:
     from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
 
     rng = random.Random(seed)
@@ -95,13 +125,23 @@ def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, c
     err = (out[idx].float() - ref_out.float()).abs().max().item()
     if not math.isfinite(err) or err > 2e-2:
         raise RuntimeError(f"benchmark output disagrees with the reference (max abs err {err})")
-    ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+    ms, graph_ms = cuda_times(step)
     flops, nbytes = work(seqlens, batch, seq_q, heads_q, heads_kv)
     gbps = nbytes / ms / 1e6
-    ref_gbps = anchors.get((batch, seq_q, mean_sk, heads_q, heads_kv, varlen))
+    config = (batch, seq_q, mean_sk, heads_q, heads_kv, varlen)
+    if fm is not None:
+        if config not in fm_memo:
+            fm_memo[config] = flashmla_times(fm, x, causal)
+        fm_ms, fm_graph_ms = fm_memo[config]
+        ref_gbps, ratio, graph_ratio, source = nbytes / fm_ms / 1e6, fm_ms / ms, fm_graph_ms / graph_ms, "measured"
+    else:
+        ref_gbps = anchors.get(config)
+        ratio = gbps / ref_gbps if ref_gbps else None
+        graph_ratio = nbytes / graph_ms / 1e6 / ref_gbps if ref_gbps else None
+        source = "anchor"
     del x, out, lse
     return Row(kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, causal, ms, flops / ms / 1e9, gbps,
-               ref_gbps, gbps / ref_gbps if ref_gbps else None, err)
+               ref_gbps, ratio, err, graph_ms, graph_ratio, source)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -112,22 +152,30 @@ def print_table(rows: list[Row]) -> None:
         by_config.setdefault((r.batch, r.seq_q, r.mean_sk, r.heads_q, r.varlen), {})[r.kernel] = r
     head = f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'FlashMLA GB/s':>13}"
     for k in kernels:
-        head += f" | {k:>8} {'ms':>6} {'TFLOPS':>6} {'GB/s':>6} {'ratio':>5}"
+        head += f" | {k:>8} {'ms':>6} {'TFLOPS':>6} {'GB/s':>6} {'ratio':>5} {'graph ms':>8} {'ratio':>5}"
     print(head)
+    fmt = lambda v: f"{v:5.2f}" if v else f"{'-':>5}"  # noqa: E731
+    sources = {r.flashmla_source for r in rows}
+    print("FlashMLA: " + ("timed here, same inputs (ratio = its time / ours)" if sources == {"measured"} else
+                          "published H100 figures (ratio = our GB/s / its GB/s)"))
     for (b, s_q, sk, h_q, varlen), per in by_config.items():
         ref = next(iter(per.values())).flashmla_gbps
         line = f"{b:>4} {s_q:>3} {sk:>7} {h_q:>4} {str(varlen):>6} " + (f"{ref:13.0f}" if ref else f"{'-':>13}")
         for k in kernels:
             r = per.get(k)
-            line += f" | {'':>8} {r.ms:6.3f} {r.tflops:6.1f} {r.gbps:6.0f} " + (f"{r.ratio:5.2f}" if r.ratio else
-                                                                                f"{'-':>5}")
+            line += (f" | {'':>8} {r.ms:6.3f} {r.tflops:6.1f} {r.gbps:6.0f} {fmt(r.ratio)} {r.graph_ms:8.3f} "
+                     f"{fmt(r.graph_ratio)}")
         print(line)
     for k in kernels:
-        ratios = [r.ratio for r in rows if r.ratio and r.kernel == k]
-        if ratios:
-            geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-            print(f"{k}: geomean ratio vs FlashMLA over {len(ratios)} configs: {geo:.3f} (min {min(ratios):.3f}, "
-                  f"max {max(ratios):.3f})")
+        for label, attr in (("eager", "ratio"), ("CUDA graph", "graph_ratio")):
+            ratios = [getattr(r, attr) for r in rows if getattr(r, attr) and r.kernel == k]
+            if ratios:
+                geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+                print(f"{k} ({label}): geomean ratio vs FlashMLA over {len(ratios)} configs: {geo:.3f} "
+                      f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+        eager_over_graph = [r.ms / r.graph_ms for r in rows if r.kernel == k]
+        print(f"{k}: eager time / CUDA-graph time: max {max(eager_over_graph):.3f}, "
+              f"median {sorted(eager_over_graph)[len(eager_over_graph) // 2]:.3f}")
 
 
 def plot(rows: list[Row], path: str) -> None:
@@ -148,7 +196,7 @@ def plot(rows: list[Row], path: str) -> None:
     ref = [(i, r.flashmla_gbps * i / 1e3) for i, r in zip(intensity, rows) if r.flashmla_gbps and r.kernel ==
            rows[0].kernel]
     if ref:
-        ax.scatter(*zip(*ref), label="FlashMLA (anchor)", marker="x")
+        ax.scatter(*zip(*ref), label=f"FlashMLA ({rows[0].flashmla_source})", marker="x")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
@@ -173,7 +221,12 @@ def gpu_main(args) -> None:
         want = dict(kv.split("=") for kv in args.only.split(","))
         index = {"s_q": 1, "sk": 2, "h_q": 3, "varlen": 5}
         configs = [c for c in configs if all(str(c[index[k]]) == v for k, v in want.items())]
+    from tritonmla.bench.host import flashmla_module
     from tritonmla.kernels import dispatch
+    fm = flashmla_module() if args.compare == "flashmla" else None
+    if args.compare == "flashmla" and fm is None:
+        print("--compare flashmla: flash_mla is not importable here; ratios use the anchors file")
+    fm_memo: dict = {}
     no_hopper = dispatch.hopper_device(torch.device("cuda"))
     if args.kernel == "both":
         kernels = ["portable"] if no_hopper else ["hopper", "portable"]
@@ -193,12 +246,12 @@ def gpu_main(args) -> None:
         for kernel in kernels:
             progress(0, len(jobs), f"warm-up {kernel}")
             bench_config(tm, kernel, *jobs[0][1], True, dtype, anchors)
-            bench_config(tm, kernel, *jobs[-1][1], True, dtype, anchors)
+            bench_config(tm, kernel, *jobs[-1][1], True, dtype, anchors, fm, {})
         if time.time() - t0 > WARMUP_S:
             break
     for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen)) in enumerate(jobs):
         progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
-        rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors))
+        rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors, fm, fm_memo))
         torch.cuda.empty_cache()
     progress(len(jobs), len(jobs), "done")
     sys.stderr.write("\n")
@@ -248,12 +301,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--kernel", choices=("both", "auto", "hopper", "portable"), default="both",
                    help="which decode kernel(s) to time (default: both, side by side)")
+    p.add_argument("--compare", choices=("flashmla",), help="time FlashMLA beside us (needs flash_mla importable)")
     p.add_argument("--only", help="configs to run, e.g. 'sk=8192,h_q=128' (any of s_q, sk, h_q, varlen)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--json", help="write the table as JSON")
     p.add_argument("--plot", help="write a roofline PNG", default=None)
+    p.add_argument("--overhead", action="store_true", help="CPU time per call of every path (and FlashMLA's)")
+    p.add_argument("--first-call", action="store_true", help="first-call latency of fresh processes")
     args = p.parse_args(argv)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and (args.overhead or args.first_call):
+        from tritonmla.bench import host
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+        for wanted, table, show in ((args.overhead, host.overhead_table, host.print_overhead),
+                                    (args.first_call, host.first_call_table, host.print_first_call)):
+            if wanted:
+                rows = table()
+                show(rows)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
+    elif torch.cuda.is_available():
         gpu_main(args)
     elif os.environ.get("TRITON_INTERPRET") != "1":
         # Triton reads TRITON_INTERPRET when the kernels are defined, i.e. on importing tritonmla: start afresh.

@@ -31,6 +31,7 @@ def main() -> None:
     import triton
     import tritonmla as tm
     from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
+    from tritonmla.api import calls
     from tritonmla.kernels import decode
 
     p = argparse.ArgumentParser()
@@ -51,6 +52,7 @@ def main() -> None:
                 os.environ["TRITONMLA_CONFIG"] = v
             else:
                 os.environ.pop("TRITONMLA_CONFIG", None)
+            calls.clear()  # the config is read when a configuration is first bound
             cfg = decode.launch_config(s_q * h_q)
             try:
                 sched, splits = tm.get_mla_metadata(x.cache_seqlens, s_q * h_q, 1)

@@ -13,7 +13,7 @@ lse = +inf (FlashMLA's convention). Work is in the log2 domain so exp is one exp
 Parallelism. The scheduler (tritonmla.scheduler) cuts the concatenated KV of all requests into one contiguous
 range per "part"; a program = (64-or-fewer query rows of one KV head) x (one part). A part walks its requests
 in order; a request wholly inside one part writes `out`/`lse` directly, a request cut across parts writes an
-fp32 partial (o, lse) that tritonmla.combine merges.
+fp32 partial (o, lse), and the last of its programs to finish merges them (tritonmla.combine): one launch.
 
 Tiles. Query rows are (s_q x heads of one KV head), row r = q_pos * heads_per_kv + head. Each KV tile of BLOCK_N
 tokens is loaded once as 512 + 64 columns; its 512 block is reused as V. Tokens are gathered through the block
@@ -27,13 +27,9 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-D_QK = 576  # 512 latent + 64 RoPE
-D_V = 512
-D_ROPE = D_QK - D_V
-PLAN_TILE = 64  # tokens per scheduler cost unit; every BLOCK_N divides it
-SCHED_ROW = 8  # int32 fields per part: begin_req, begin_tile, end_req, end_tile, begin_split, 3 unused
-LOG2E = 1.4426950408889634
-LN2 = tl.constexpr(0.6931471805599453)
+from ..combine.combine import arrive_and_merge
+from .constants import D_ROPE, D_V, LOG2E, LN2, MERGE_ROWS, PLAN_TILE, SCHED_MERGE_COUNTER, SCHED_ROW
+from .launch import BoundKernel
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, strid
     return acc / l_safe[:, None], tl.where(row_seen, m_i + tl.math.log2(l_safe), float("-inf")), row_seen
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
 def mla_decode_kernel(
     Q, K_CACHE, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -120,7 +116,7 @@ def mla_decode_kernel(
     seq_q, heads_per_kv, seqlen_cap,
     D_V: tl.constexpr, D_ROPE: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAN_TILE: tl.constexpr, SCHED_ROW: tl.constexpr,
-    CAUSAL: tl.constexpr,
+    SCHED_MERGE_COUNTER: tl.constexpr, MERGE_ROWS: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -152,7 +148,6 @@ def mla_decode_kernel(
         lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
         hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(seqlen, PLAN_TILE)) * PLAN_TILE, seqlen)
         has_work = (hi > lo) | (seqlen == 0)  # an empty request is owned by exactly one part
-        key_end = seqlen - key_shift
 
         q_ptrs = q_rows + b * stride_qb
         q_nope = tl.load(q_ptrs[:, None] + offs_v[None, :], mask=row_ok[:, None], other=0.0)
@@ -161,53 +156,62 @@ def mla_decode_kernel(
 
         out, lse2, row_seen = attend_tiles(
             q_nope, q_rope, K_CACHE, bt_row, kv_head * stride_khead, stride_kblock, stride_kpos,
-            lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
+            lo, hi, seqlen - key_shift, qk_scale_log2, offs_v, offs_rope, offs_n,
             D_V, PAGE_SIZE, BLOCK_M, BLOCK_N)
 
         split_begin = tl.load(NUM_SPLITS + b)
         num_splits = tl.load(NUM_SPLITS + b + 1) - split_begin
-        direct = row_ok & has_work & (num_splits == 1)
-        partial = row_ok & has_work & (num_splits > 1)
+        if num_splits == 1:
+            direct = row_ok & has_work
+            o_ptrs = OUT + b * stride_ob + q_pos * stride_os + head * stride_oh
+            tl.store(o_ptrs[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=direct[:, None])
+            lse = tl.where(row_seen, lse2 * LN2, float("inf"))
+            tl.store(LSE + b * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
+        else:
+            # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
+            split = tl.where(b == begin_req, begin_split, 0)
+            # One of the request's splits iff the plan gives this part tiles of it (from the plan alone, so the
+            # arrival count at the merge never depends on cache_seqlens).
+            first_tile = tl.where(b == begin_req, begin_tile, 0)
+            if tl.where(b == end_req, end_tile, first_tile + 1) > first_tile:
+                split_row = (split_begin + split).to(tl.int64)
+                po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + rows * stride_pr
+                tl.store(po_ptrs[:, None] + offs_v[None, :], out, mask=row_ok[:, None])
+                tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=row_ok)
+                arrive_and_merge(SCHED, OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
+                                 b, part - split, split_begin, num_splits, tl.num_programs(1), seq_q * heads_per_kv,
+                                 heads_per_kv, stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
+                                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                                 D_V, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS)
 
-        o_ptrs = OUT + b * stride_ob + q_pos * stride_os + head * stride_oh
-        tl.store(o_ptrs[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=direct[:, None])
-        lse = tl.where(row_seen, lse2 * LN2, float("inf"))
-        tl.store(LSE + b * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
 
-        # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
-        split_row = (split_begin + tl.where(b == begin_req, begin_split, 0)).to(tl.int64)
-        po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + rows * stride_pr
-        tl.store(po_ptrs[:, None] + offs_v[None, :], out, mask=partial[:, None])
-        tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=partial)
-
-
-def table_and_output_strides(block_table, out, lse, out_partial, lse_partial) -> tuple[int, ...]:
-    """The stride arguments both decode kernels take, in order, from stride_btb to stride_plh."""
-    return (block_table.stride(0),
+def fixed_strides(q, k_cache, block_table, out, lse, partial_rows: int) -> tuple[int, ...]:
+    """The stride arguments of both decode kernels from stride_qb to stride_plh (K's own strides left out: the
+    Hopper kernel reads K through a TMA descriptor). Partials are contiguous [split, h_kv, rows, D_V] / [.., rows]."""
+    heads_kv = k_cache.shape[2]
+    return (q.stride(0), q.stride(1), q.stride(2),
+            block_table.stride(0),
             out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1),
-            out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
-            lse_partial.stride(0), lse_partial.stride(1))
+            heads_kv * partial_rows * D_V, partial_rows * D_V, D_V,
+            heads_kv * partial_rows, partial_rows)
 
 
-def launch_decode(q, k_cache, block_table, cache_seqlens, sched, num_splits, out, lse, out_partial, lse_partial,
-                  softmax_scale: float, causal: bool):
-    """Run mla_decode_kernel over the plan: grid = (query-row blocks, KV heads, parts). Returns the compiled kernel."""
+def bind_decode(varying: tuple, q, k_cache, block_table, sched, out, lse, softmax_scale: float,
+                causal: bool) -> BoundKernel:
+    """mla_decode_kernel for one configuration: grid = (query-row blocks, KV heads, parts). `varying` holds the
+    10 per-call pointer arguments (tensors) in the kernel's order."""
     batch, seq_q, heads_q, _ = q.shape
     _, page_size, heads_kv, _ = k_cache.shape
     heads_per_kv = heads_q // heads_kv
-    cfg = launch_config(seq_q * heads_per_kv)
-    grid = (triton.cdiv(seq_q * heads_per_kv, cfg.block_m), heads_kv, sched.shape[0])
-    return mla_decode_kernel[grid](
-        q, k_cache, block_table, cache_seqlens, sched, num_splits,
-        out, lse, out_partial, lse_partial,
-        softmax_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        *table_and_output_strides(block_table, out, lse, out_partial, lse_partial),
-        seq_q, heads_per_kv, block_table.shape[1] * page_size,
-        D_V=D_V, D_ROPE=D_ROPE, PAGE_SIZE=page_size,
-        BLOCK_M=cfg.block_m, BLOCK_N=min(cfg.block_n, PLAN_TILE), PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,
-        CAUSAL=causal,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    rows = seq_q * heads_per_kv
+    cfg = launch_config(rows)
+    strides = fixed_strides(q, k_cache, block_table, out, lse, rows)
+    fixed = (softmax_scale * LOG2E,
+             *strides[:3], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), *strides[3:],
+             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             D_V, D_ROPE, page_size, cfg.block_m, min(cfg.block_n, PLAN_TILE), PLAN_TILE, SCHED_ROW,
+             SCHED_MERGE_COUNTER, MERGE_ROWS, causal)
+    grid = (triton.cdiv(rows, cfg.block_m), heads_kv, sched.shape[0])
+    return BoundKernel(mla_decode_kernel, grid, varying, fixed,
+                       dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))

@@ -26,14 +26,16 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .decode import D_QK, D_V, LOG2E, PLAN_TILE, SCHED_ROW, table_and_output_strides
+from ..combine.combine_hopper import arrive_and_merge
+from .constants import D_QK, D_V, LOG2E, LN2, MERGE_ROWS, PLAN_TILE, SCHED_MERGE_COUNTER, SCHED_ROW
+from .decode import fixed_strides
+from .launch import BoundKernel
 
 BLOCK_M = gl.constexpr(64)  # query rows per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per KV tile: one TMA box height, = PLAN_TILE
 BOX = gl.constexpr(64)  # columns per TMA box / wgmma K chunk
 NUM_WARPS = 8
 NUM_STAGES = gl.constexpr(2)  # 72 KB Q + 2 x 72 KB K + 8 KB P fit in 227 KB; 3 stages do not
-LN2 = gl.constexpr(0.6931471805599453)
 QK_BOXES = gl.constexpr(D_QK // BOX.value)  # 9
 V_BOXES = gl.constexpr(D_V // BOX.value)  # 8
 
@@ -83,7 +85,7 @@ def scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, valid, landing, box_l:
     return warpgroup_mma(q_rope, rope_tile.permute((1, 0)), s, is_async=True)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
 def mla_decode_hopper_kernel(
     Q, k_desc, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -96,7 +98,8 @@ def mla_decode_hopper_kernel(
     stride_pls, stride_plh,
     seq_q, heads_per_kv, seqlen_cap,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-    NUM_STAGES: gl.constexpr, OVERLAP_PV_S: gl.constexpr, num_warps: gl.constexpr,
+    SCHED_MERGE_COUNTER: gl.constexpr, MERGE_ROWS: gl.constexpr, NUM_STAGES: gl.constexpr,
+    OVERLAP_PV_S: gl.constexpr, num_warps: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     # Two warpgroups side by side along N: each owns half the columns of S (32 of 64) and of O (256 of 512).
@@ -219,7 +222,8 @@ def mla_decode_hopper_kernel(
                     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             it += 1
 
-        # Epilogue: a request wholly in this part writes out/lse; a cut one writes its fp32 partial.
+        # Epilogue: a request wholly in this part writes out/lse; a cut one writes its fp32 partial, and the last
+        # of its programs to finish merges them (tritonmla.combine).
         row_seen = l_i > 0.0
         l_safe = gl.where(row_seen, l_i, 1.0)
         lse2 = gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf"))
@@ -238,12 +242,19 @@ def mla_decode_hopper_kernel(
             lse = gl.convert_layout(gl.where(row_seen, lse2 * LN2, float("inf")), o_row)
             gl.store(LSE + b64 * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
         else:
-            partial = row_ok & has_work
-            split_row = (split_begin + gl.where(b == begin_req, begin_split, 0)).to(gl.int64)
-            po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + gl.expand_dims(rows * stride_pr, 1)
-            gl.store(po_ptrs + cols, o, mask=gl.expand_dims(partial, 1))
-            gl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows,
-                     gl.convert_layout(lse2, o_row), mask=partial)
+            split = gl.where(b == begin_req, begin_split, 0)
+            first_tile = gl.where(b == begin_req, begin_tile, 0)
+            if gl.where(b == end_req, end_tile, first_tile + 1) > first_tile:  # a split of it (as decode.py)
+                split_row = (split_begin + split).to(gl.int64)
+                po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + gl.expand_dims(rows * stride_pr, 1)
+                gl.store(po_ptrs + cols, o, mask=gl.expand_dims(row_ok, 1))
+                gl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows,
+                         gl.convert_layout(lse2, o_row), mask=row_ok)
+                arrive_and_merge(SCHED, OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
+                                 b, part - split, split_begin, num_splits, gl.num_programs(1), seq_q * heads_per_kv,
+                                 heads_per_kv, stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
+                                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                                 V_BOXES * BOX, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS, num_warps)
 
     for i in gl.static_range(NUM_STAGES):
         mbarrier.invalidate(ready.index(i))
@@ -258,20 +269,17 @@ def kv_descriptor(k_cache: torch.Tensor) -> TensorDescriptor:
     return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [BLOCK_N.value, BOX.value], layout)
 
 
-def launch_decode_hopper(q, k_cache, block_table, cache_seqlens, sched, num_splits, out, lse, out_partial,
-                         lse_partial, softmax_scale: float, causal: bool):
-    """Same contract as tritonmla.kernels.decode.launch_decode; grid = (64-row blocks, KV heads, parts)."""
+def bind_decode_hopper(varying: tuple, q, k_cache, block_table, sched, out, lse, softmax_scale: float,
+                       causal: bool) -> BoundKernel:
+    """mla_decode_hopper_kernel for one configuration (same contract as decode.bind_decode; the second of the
+    `varying` arguments is the cache's TMA descriptor). grid = (64-row blocks, KV heads, parts)."""
     batch, seq_q, heads_q, _ = q.shape
     _, page_size, heads_kv, _ = k_cache.shape
     heads_per_kv = heads_q // heads_kv
-    grid = (triton.cdiv(seq_q * heads_per_kv, BLOCK_M.value), heads_kv, sched.shape[0])
-    return mla_decode_hopper_kernel[grid](
-        q, kv_descriptor(k_cache), block_table, cache_seqlens, sched, num_splits,
-        out, lse, out_partial, lse_partial,
-        softmax_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        *table_and_output_strides(block_table, out, lse, out_partial, lse_partial),
-        seq_q, heads_per_kv, block_table.shape[1] * page_size,
-        PAGE_SIZE=page_size, CAUSAL=causal, PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,
-        NUM_STAGES=NUM_STAGES.value, OVERLAP_PV_S=grid[0] > 1, num_warps=NUM_WARPS,
-    )
+    rows = seq_q * heads_per_kv
+    grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
+    fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
+             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             page_size, causal, PLAN_TILE, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS, NUM_STAGES.value,
+             grid[0] > 1)
+    return BoundKernel(mla_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))

@@ -1,9 +1,9 @@
 """Which decode kernel runs: the Gluon Hopper kernel (decode_hopper) or the portable Triton one (decode).
 
-kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None)
-and there are more than AUTO_PORTABLE_MAX_ROWS query rows per KV head, else the portable kernel; "hopper"
-insists (a clear ValueError says why it cannot run); "portable" forces the portable kernel. The default comes
-from TRITONMLA_KERNEL when no argument names one.
+kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None),
+else the portable kernel; "hopper" insists (a clear ValueError says why it cannot run); "portable" forces the
+portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one. Which kernel a configuration
+runs is decided on its first call (tritonmla.api.calls); a Gluon build failure there falls back to portable.
 """
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ from typing import Optional
 import torch
 
 from .._runtime import interpreter_enabled
-from .decode import D_QK
+from .constants import D_QK
 
 KERNELS = ("auto", "hopper", "portable")
 HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (decode_hopper.BLOCK_M)
-# At <= 16 rows (h_q 16, s_q 1) the portable kernel's 16-row tiles at 2 programs/SM match or beat the Hopper
-# kernel's 64-row tiles (H100, BENCHMARKS.md: 0.93-0.99x vs 0.86-1.00x of FlashMLA), so "auto" keeps it there.
-AUTO_PORTABLE_MAX_ROWS = 16
 
 try:  # Gluon ships with triton >= 3.5; the kernel is written against 3.6
     from . import decode_hopper
@@ -76,12 +73,9 @@ def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
     return None
 
 
-def plans_for_hopper(device: torch.device, rows_per_kv_head: int, kernel: Optional[str] = None) -> bool:
+def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:
     """Whether get_mla_metadata should size its plan for the Hopper kernel (64-row blocks, one part per SM)."""
-    choice = requested_kernel(kernel)
-    if choice == "auto" and rows_per_kv_head <= AUTO_PORTABLE_MAX_ROWS:
-        return False
-    return choice != "portable" and hopper_device(device) is None and _hopper_failed is None
+    return requested_kernel(kernel) != "portable" and hopper_device(device) is None and _hopper_failed is None
 
 
 def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str:
@@ -94,8 +88,7 @@ def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str
         if why is not None:
             raise ValueError(f"kernel='hopper' cannot run here: {why}")
         return "hopper"
-    rows_per_kv_head = q.shape[1] * q.shape[2] // k_cache.shape[2]
-    return "hopper" if why is None and plans_for_hopper(q.device, rows_per_kv_head, "auto") else "portable"
+    return "hopper" if why is None and plans_for_hopper(q.device, "auto") else "portable"
 
 
 def note_hopper_failure(error: Exception) -> None:

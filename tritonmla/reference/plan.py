@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.decode import PLAN_TILE
+from ..kernels.constants import PLAN_TILE
 from ..scheduler.metadata import FIXED_COST
 
 

@@ -10,7 +10,9 @@ is owned by the part holding its first position, which writes its empty output.
 Output, FlashMLA's shapes so engines can preallocate them:
   sched      int32 [parts, 8]: begin_req, begin_tile, end_req, end_tile, begin_split, 0, 0, 0
              (the part runs requests begin_req..end_req; tiles [begin_tile, ...) of the first,
-             [..., end_tile) of the last; its first request's split index is begin_split)
+             [..., end_tile) of the last; its first request's split index is begin_split; field 5 is the merge
+             counter of the split request whose first tile lies in this part: the decode kernels count arrivals
+             there and set it back to 0 (tritonmla.combine), so it reads 0 between calls)
   num_splits int32 [batch + 1]: exclusive prefix sum of splits per request (num_splits[b+1]-num_splits[b]).
 """
 from __future__ import annotations
@@ -21,7 +23,9 @@ import triton.language as tl
 
 from .._runtime import sm_count
 from ..kernels import dispatch
-from ..kernels.decode import PLAN_TILE, SCHED_ROW, launch_config
+from ..kernels.constants import PLAN_TILE, SCHED_ROW
+from ..kernels.decode import launch_config
+from ..kernels.launch import BoundKernel
 
 FIXED_COST = 5  # per-request overhead in tiles, as FlashMLA's scheduler counts it
 
@@ -29,7 +33,7 @@ FIXED_COST = 5  # per-request overhead in tiles, as FlashMLA's scheduler counts 
 def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int, kernel: str | None = None) -> int:
     """How many KV ranges to cut the batch into: enough programs to fill the GPU once (for the kernel that
     will run there; any plan is correct for either kernel)."""
-    if dispatch.plans_for_hopper(device, rows_per_kv_head, kernel):  # 64-row blocks, one program per SM (224 KB of smem)
+    if dispatch.plans_for_hopper(device, kernel):  # 64-row blocks, one program per SM (224 KB of smem)
         block_m, programs_per_sm = dispatch.HOPPER_BLOCK_M, 1
     else:
         cfg = launch_config(rows_per_kv_head)
@@ -38,7 +42,10 @@ def num_parts_for(device: torch.device, rows_per_kv_head: int, num_heads_k: int,
     return max(1, sm_count(device) * programs_per_sm // (num_heads_k * m_blocks))
 
 
-@triton.jit
+BLOCK_B = 32  # requests per scan chunk (one value for every batch size: one compiled variant)
+
+
+@triton.jit(do_not_specialize=["batch", "num_parts"])  # no variant per batch size
 def plan_kernel(
     SEQLENS, SCHED, NUM_SPLITS, batch, num_parts,
     PLAN_TILE: tl.constexpr, FIXED_COST: tl.constexpr, SCHED_ROW: tl.constexpr,
@@ -118,15 +125,23 @@ def plan_kernel(
         tl.store(row + unused, tl.zeros([BLOCK_P], tl.int32), mask=live)
 
 
+def bind_plan(cache_seqlens: torch.Tensor, sched: torch.Tensor, num_splits: torch.Tensor) -> BoundKernel:
+    """plan_kernel for a plan of sched.shape[0] parts over cache_seqlens.shape[0] requests: one program."""
+    num_parts = sched.shape[0]
+    fixed = (cache_seqlens.shape[0], num_parts, PLAN_TILE, FIXED_COST, SCHED_ROW, BLOCK_B,
+             max(16, triton.next_power_of_2(num_parts)))
+    return BoundKernel(plan_kernel, (1, 1, 1), (cache_seqlens, sched, num_splits), fixed, dict(num_warps=8))
+
+
 def plan(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plan for `num_parts` parts (sched [parts, 8], num_splits [batch + 1]), on cache_seqlens' device."""
+    """The plan for `num_parts` parts (sched [parts, 8], num_splits [batch + 1]), on cache_seqlens' device
+    (through the JIT: tests and one-off use; the API keeps bound kernels, tritonmla.api.calls)."""
     batch = cache_seqlens.shape[0]
     sched = torch.empty((num_parts, SCHED_ROW), dtype=torch.int32, device=cache_seqlens.device)
     num_splits = torch.empty((batch + 1,), dtype=torch.int32, device=cache_seqlens.device)
     plan_kernel[(1,)](
         cache_seqlens, sched, num_splits, batch, num_parts,
         PLAN_TILE=PLAN_TILE, FIXED_COST=FIXED_COST, SCHED_ROW=SCHED_ROW,
-        BLOCK_B=min(32, max(16, triton.next_power_of_2(batch))), BLOCK_P=max(16, triton.next_power_of_2(num_parts)),
-        num_warps=8,
+        BLOCK_B=BLOCK_B, BLOCK_P=max(16, triton.next_power_of_2(num_parts)), num_warps=8,
     )
     return sched, num_splits

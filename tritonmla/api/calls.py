@@ -1,0 +1,293 @@
+"""Per-configuration calls: what a decode (or plan) call needs that does not change from one call to the next is
+worked out once (checks, kernel choice, grid, compiled variant, output and workspace sizes); what remains per
+call is a dictionary lookup, the output allocations and one kernel launch.
+
+The cache key holds every input property the checks, the kernel choice and the compiled variant depend on: the
+shapes, strides, dtypes and devices of all tensors, head_dim_v, softmax_scale and causal (with their types, so a
+`causal=1` is still rejected), the kernel argument and TRITONMLA_KERNEL. A configuration is cached only after it
+passed the checks. The compiled variants assume 16-byte aligned pointers (what Triton specializes on, and what
+every torch allocation is), so a call with an unaligned pointer is run uncached through a fresh binding.
+
+Eager calls come here directly. Under torch.compile, tracing or a dispatch mode the API goes through the
+torch.library custom ops instead (tritonmla.api.op), whose implementations come here too.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .._runtime import uses_triton
+from ..kernels import dispatch
+from ..kernels.constants import D_V, SCHED_ROW
+from ..kernels.decode import bind_decode
+from ..kernels.launch import current_stream
+from ..reference.plan import plan_reference
+from ..reference.reference import mla_decode_reference
+from ..scheduler.metadata import bind_plan, num_parts_for
+
+MAX_CACHED = 4096  # configurations kept per cache; past that the cache starts over (it only costs rebinding)
+
+# TRITONMLA_KERNEL is part of every key: read it without os.environ's per-call key encoding (0.6 us).
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("TRITONMLA_KERNEL") if hasattr(os.environ, "encodekey") else None
+
+
+def kernel_env() -> Optional[str]:
+    if _ENV_DATA is None or _ENV_KEY is None:
+        return os.environ.get("TRITONMLA_KERNEL")
+    value = _ENV_DATA.get(_ENV_KEY)
+    return os.environ.decodevalue(value) if value is not None else None
+
+
+def tracing() -> bool:
+    """True where the custom ops must be used: torch.compile/dynamo, make_fx, fake tensors, any dispatch mode."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+
+
+def decode_key(q, k_cache, block_table, cache_seqlens, sched, splits, head_dim_v, softmax_scale, causal,
+               kernel) -> tuple:
+    """Raises AttributeError if an argument that should be a tensor is not."""
+    return (q.shape, q.stride(), q.dtype, q.device,
+            k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.device,
+            block_table.shape, block_table.stride(), block_table.dtype, block_table.device,
+            cache_seqlens.shape, cache_seqlens.stride(), cache_seqlens.dtype, cache_seqlens.device,
+            sched.shape, sched.stride(), sched.dtype, sched.device,
+            splits.shape, splits.stride(), splits.dtype, splits.device,
+            head_dim_v, type(head_dim_v), softmax_scale, type(softmax_scale), causal, type(causal), kernel,
+            kernel_env())
+
+
+def _aligned(*ptrs: int) -> bool:
+    acc = 0
+    for p in ptrs:
+        acc |= p
+    return acc & 15 == 0
+
+
+# The split workspace (fp32 partials, sized by the plan) of eager calls: one per CUDA stream, grown as needed and
+# reused, since calls on one stream run one after the other. Saves an allocation per call. A call being captured
+# into a CUDA graph gets its own allocation instead (from the graph's pool, kept alive by the graph).
+_WORKSPACES: dict[int, torch.Tensor] = {}
+
+
+def stream_workspace(stream: int, numel: int, device: torch.device) -> torch.Tensor:
+    if torch._C._cuda_isCurrentStreamCapturing():
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    workspace = _WORKSPACES.get(stream)  # (stream handles are unique across devices)
+    if workspace is None or workspace.numel() < numel:
+        workspace = torch.empty(numel, dtype=torch.float32, device=device)
+        _WORKSPACES[stream] = workspace
+    return workspace
+
+
+class DecodeCall:
+    """One configuration of the decode step (inputs already checked): which kernel, its bound variant, the output
+    and workspace sizes. Calling it allocates out, lse and the split workspace and launches once."""
+
+    def __init__(self, q, k_cache, block_table, sched, head_dim_v: int, softmax_scale: float, causal: bool,
+                 kernel: Optional[str], aligned: bool = True):
+        batch, seq_q, heads_q, _ = q.shape
+        self.args = (head_dim_v, softmax_scale, causal, kernel)
+        self.aligned = aligned  # False: a one-off call with an unaligned pointer (bound for it, not cached)
+        heads_kv = k_cache.shape[2]
+        rows = seq_q * heads_q // heads_kv
+        self.device = q.device
+        self.device_index = q.device.index if q.device.type == "cuda" else None
+        self.reference = not uses_triton(q.device)
+        self.requested = dispatch.requested_kernel(kernel)
+        self.kernel = "reference" if self.reference else dispatch.choose(kernel, q, k_cache)
+        self.dtype = q.dtype
+        self.head_dim_v, self.softmax_scale, self.causal = head_dim_v, softmax_scale, causal
+        self.out_shape = (batch, seq_q, heads_q, head_dim_v)
+        self.lse_shape = (batch, heads_q, seq_q)
+        # Partials [slot, h_kv, rows, D_V] then [slot, h_kv, rows]: a plan of P parts cuts at most P - 1
+        # requests, so batch + P split slots always suffice.
+        slots = batch + sched.shape[0]
+        self.partial_numel = slots * heads_kv * rows * D_V
+        self.workspace_numel = slots * heads_kv * rows * (D_V + 1)
+        self.contiguous_q = q.stride(-1) == 1
+        self.bound = None
+        self.descriptors: dict[int, list] = {}  # k_cache address -> its expanded TMA descriptor (Hopper)
+
+    def __call__(self, q, k_cache, block_table, cache_seqlens, sched, splits, out=None, lse=None, workspace=None):
+        if self.reference:
+            return mla_decode_reference(q, k_cache, block_table, cache_seqlens, self.head_dim_v, self.softmax_scale,
+                                        self.causal)
+        if self.device_index is not None and torch._C._cuda_getDevice() != self.device_index:
+            with torch.cuda.device(self.device_index):  # Triton launches into the current device's context
+                return self(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        if not self.contiguous_q:
+            q = q.contiguous()
+        if out is None:
+            out = q.new_empty(self.out_shape)  # (new_empty: less argument parsing than torch.empty)
+            lse = q.new_empty(self.lse_shape, dtype=torch.float32)
+        bound = self.bound
+        if bound is not None and bound.direct:
+            stream = current_stream(self.device_index)
+            if workspace is None:
+                workspace = stream_workspace(stream, self.workspace_numel, self.device)
+            q_ptr, k_ptr, bt_ptr, seqlens_ptr = q.data_ptr(), k_cache.data_ptr(), block_table.data_ptr(), \
+                cache_seqlens.data_ptr()
+            sched_ptr, splits_ptr, w_ptr = sched.data_ptr(), splits.data_ptr(), workspace.data_ptr()
+            if (q_ptr | k_ptr | bt_ptr | seqlens_ptr | sched_ptr | splits_ptr) & 15 == 0:
+                tail = (bt_ptr, seqlens_ptr, sched_ptr, splits_ptr, out.data_ptr(), lse.data_ptr(), w_ptr,
+                        w_ptr + 4 * self.partial_numel)
+                if self.kernel == "hopper":
+                    desc = self.descriptors.get(k_ptr)
+                    if desc is None:
+                        desc = self._descriptor(k_cache, k_ptr)
+                    bound.launch(stream, (q_ptr, *desc, *tail))
+                else:
+                    bound.launch(stream, (q_ptr, k_ptr, *tail))
+                return out, lse
+        if workspace is None:
+            workspace = torch.empty(self.workspace_numel, dtype=torch.float32, device=self.device)
+        self._run_bound(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        return out, lse
+
+    def _tensor_args(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace) -> tuple:
+        k_arg = dispatch.decode_hopper.kv_descriptor(k_cache) if self.kernel == "hopper" else k_cache
+        return (q, k_arg, block_table, cache_seqlens, sched, splits, out, lse,
+                workspace[:self.partial_numel], workspace[self.partial_numel:])
+
+    def _run_bound(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace) -> None:
+        """First call (binds), the interpreter, Triton's own launcher, or an unaligned pointer."""
+        if self.aligned and not _aligned(q.data_ptr(), k_cache.data_ptr(), block_table.data_ptr(),
+                                         cache_seqlens.data_ptr(), sched.data_ptr(), splits.data_ptr()):
+            # The bound variant assumes 16-byte alignment (and TMA needs it): bind a one-off call for these.
+            one_off = DecodeCall(q, k_cache, block_table, sched, *self.args, aligned=False)
+            one_off._run_bound(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+            return
+        bound = self.bound
+        if bound is None:
+            bound = self._bind(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+            if self.aligned:
+                self.bound = bound
+                if bound.direct:
+                    self(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+                    return
+        args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        if bound.interpreted:
+            bound.interpret(args)
+        else:
+            bound.launch_generic(current_stream(self.device_index), args)
+
+    def _bind(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace):
+        args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        if self.kernel == "hopper":
+            try:
+                return dispatch.decode_hopper.bind_decode_hopper(args, q, k_cache, block_table, sched, out, lse,
+                                                                 self.softmax_scale, self.causal)
+            except Exception as error:  # noqa: BLE001  (a Gluon build failure)
+                if self.requested == "hopper":
+                    raise
+                dispatch.note_hopper_failure(error)  # "auto": stay correct on the portable kernel
+                self.kernel = "portable"
+                args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        return bind_decode(args, q, k_cache, block_table, sched, out, lse, self.softmax_scale, self.causal)
+
+    def _descriptor(self, k_cache, k_ptr: int) -> list:
+        if len(self.descriptors) >= 64:  # engines hold one cache per layer; more means caches come and go
+            self.descriptors.clear()
+        desc = self.bound.expand_descriptor(dispatch.decode_hopper.kv_descriptor(k_cache))
+        self.descriptors[k_ptr] = desc
+        return desc
+
+
+_DECODE_CALLS: dict[tuple, DecodeCall] = {}
+
+
+def _remember(cache: dict, key: tuple, call):
+    if len(cache) >= MAX_CACHED:
+        cache.clear()
+    cache[key] = call
+    return call
+
+
+def decode_call(key: tuple, q, k_cache, block_table, sched, head_dim_v, softmax_scale, causal,
+                kernel) -> DecodeCall:
+    """The cached DecodeCall of a checked configuration."""
+    call = _DECODE_CALLS.get(key)
+    if call is None:
+        call = _remember(_DECODE_CALLS, key,
+                         DecodeCall(q, k_cache, block_table, sched, head_dim_v, softmax_scale, causal, kernel))
+    return call
+
+
+def cached_decode_call(key: tuple) -> Optional[DecodeCall]:
+    return _DECODE_CALLS.get(key)
+
+
+class PlanCall:
+    """One configuration of get_mla_metadata: the part count and the bound plan kernel."""
+
+    def __init__(self, cache_seqlens: torch.Tensor, num_parts: int):
+        self.device = cache_seqlens.device
+        self.device_index = self.device.index if self.device.type == "cuda" else None
+        self.reference = not uses_triton(self.device)
+        self.num_parts = num_parts
+        self.batch = cache_seqlens.shape[0]
+        self.bound = None
+
+    def __call__(self, cache_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference:
+            return plan_reference(cache_seqlens, self.num_parts)
+        if self.device_index is not None and torch._C._cuda_getDevice() != self.device_index:
+            with torch.cuda.device(self.device_index):
+                return self(cache_seqlens)
+        sched = torch.empty((self.num_parts, SCHED_ROW), dtype=torch.int32, device=self.device)
+        splits = torch.empty((self.batch + 1,), dtype=torch.int32, device=self.device)
+        bound = self.bound
+        if bound is not None and bound.direct and cache_seqlens.data_ptr() & 15 == 0:
+            bound.launch(current_stream(self.device_index),
+                         (cache_seqlens.data_ptr(), sched.data_ptr(), splits.data_ptr()))
+            return sched, splits
+        aligned = cache_seqlens.data_ptr() & 15 == 0
+        bound = bind_plan(cache_seqlens, sched, splits) if (bound is None or not aligned) else bound
+        if aligned:
+            self.bound = bound
+        if bound.interpreted:
+            bound.interpret((cache_seqlens, sched, splits))
+        else:
+            bound.launch_generic(current_stream(self.device_index), (cache_seqlens, sched, splits))
+        return sched, splits
+
+
+_PLAN_CALLS: dict[tuple, PlanCall] = {}
+
+
+def plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, kernel) -> tuple:
+    return (cache_seqlens.shape, cache_seqlens.stride(), cache_seqlens.dtype, cache_seqlens.device,
+            num_heads_per_head_k, type(num_heads_per_head_k), num_heads_k, type(num_heads_k), kernel, kernel_env())
+
+
+def parts_key(cache_seqlens, num_parts: int) -> tuple:
+    """Key of a plan with a given part count (the custom op, tests)."""
+    return (cache_seqlens.shape, cache_seqlens.stride(), cache_seqlens.dtype, cache_seqlens.device, "parts",
+            num_parts)
+
+
+def plan_call(key: tuple, cache_seqlens, num_heads_per_head_k: int, num_heads_k: int, kernel: Optional[str],
+              num_parts: Optional[int] = None) -> PlanCall:
+    """The cached PlanCall of a checked configuration. kernel: the kernel the plan is sized for (None = auto);
+    num_parts, if given, overrides the sizing."""
+    call = _PLAN_CALLS.get(key)
+    if call is None:
+        if num_parts is None:
+            num_parts = num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k, kernel)
+        call = _remember(_PLAN_CALLS, key, PlanCall(cache_seqlens, num_parts))
+    return call
+
+
+def cached_plan_call(key: tuple) -> Optional[PlanCall]:
+    return _PLAN_CALLS.get(key)
+
+
+def clear() -> None:
+    """Forget every configuration and free the stream workspaces (tuning sweeps change TRITONMLA_CONFIG, which
+    is read when binding)."""
+    _DECODE_CALLS.clear()
+    _PLAN_CALLS.clear()
+    _WORKSPACES.clear()
