@@ -3,8 +3,9 @@
 CPU per call: after a warm-up, N calls are issued back to back with no sync and the host's wall time over them
 is divided by N (N is small enough that the GPU's launch queue never fills, so the host never waits for the
 GPU). The paths of one shape take turns, REPS runs each, so that a noisy host (seen: 2x swings of every cost for
-seconds at a time on the device's VM) weighs on all of them alike; the table gives each path's median run.
-FlashMLA is measured the same way when `flash_mla` is importable.
+seconds at a time on the device's VM) weighs on all of them alike; the table gives each path's median run, as
+wall time (the issue's measure) and as the thread's CPU time (time.thread_time: excludes time the VM's vCPU was
+not running us). FlashMLA is measured the same way when `flash_mla` is importable.
 
 First call: fresh Python processes each make one decode call of a configuration and report its latency (the
 call, synchronized); the first process compiles into an empty Triton cache directory, the next ones find it on
@@ -32,21 +33,26 @@ OVERHEAD_SHAPES = [(128, s_q, 4096, h_q) for h_q in (16, 32, 64, 128) for s_q in
 
 
 def cpu_us_per_call(steps: dict) -> dict:
-    """{label: step} -> {label: (median, min) CPU microseconds per call}, the paths taking turns."""
+    """{label: step} -> {label: (wall median, wall min, thread-CPU median) microseconds per call}, paths taking
+    turns."""
     for step in steps.values():
         for _ in range(3):
             step()
     torch.cuda.synchronize()
-    runs = {label: [] for label in steps}
+    wall = {label: [] for label in steps}
+    cpu = {label: [] for label in steps}
     for _ in range(REPS):
         for label, step in steps.items():
             torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(CALLS_PER_RUN):
                 step()
-            runs[label].append((time.perf_counter() - t0) / CALLS_PER_RUN * 1e6)
+            c1, t1 = time.thread_time(), time.perf_counter()
+            wall[label].append((t1 - t0) / CALLS_PER_RUN * 1e6)
+            cpu[label].append((c1 - c0) / CALLS_PER_RUN * 1e6)
     torch.cuda.synchronize()
-    return {label: (statistics.median(r), min(r)) for label, r in runs.items()}
+    return {label: (statistics.median(wall[label]), min(wall[label]), statistics.median(cpu[label]))
+            for label in steps}
 
 
 def flashmla_module():
@@ -88,8 +94,8 @@ def overhead_table() -> list[dict]:
                 steps["flashmla_meta"] = step
             except Exception as error:  # noqa: BLE001  (a shape FlashMLA does not take)
                 print(f"FlashMLA b={batch} s_q={seq_q} h_q={heads_q}: {type(error).__name__}: {error}"[:200])
-        for label, (median, least) in cpu_us_per_call(steps).items():
-            row[label], row[label + "_min"] = median, least
+        for label, (median, least, thread_cpu) in cpu_us_per_call(steps).items():
+            row[label], row[label + "_min"], row[label + "_cpu"] = median, least, thread_cpu
         rows.append(row)
         del x
         torch.cuda.empty_cache()
@@ -99,21 +105,20 @@ def overhead_table() -> list[dict]:
 def print_overhead(rows: list[dict]) -> None:
     cols = list(dict.fromkeys(c for r in rows for c in r if c.endswith("_tensor") or c.endswith("_meta")
                               or c == "plan"))
-    for r in rows:
-        for c in cols:
-            r.setdefault(c, None)
-    print(f"CPU us per call ({CALLS_PER_RUN} calls back to back, median of {REPS} runs, paths taking turns); "
-          "_tensor = (sched, splits) form, _meta = FlashMLASchedMeta form, plan = get_mla_metadata")
-    print(f"{'b':>4} {'s_q':>3} {'sk':>5} {'h_q':>4} {'auto runs':>9} " + " ".join(f"{c:>15}" for c in cols))
-    for r in rows:
-        print(f"{r['batch']:>4} {r['seq_q']:>3} {r['mean_sk']:>5} {r['heads_q']:>4} {r['auto_runs']:>9} "
-              + " ".join(f"{r[c]:15.1f}" if r[c] is not None else f"{'-':>15}" for c in cols))
-    seed = [r for r in rows if r["batch"] == 128]
-    for c in ("auto_tensor", "auto_meta", "flashmla_meta"):
-        values = sorted(r[c] for r in seed if r.get(c) is not None)
-        if values:
-            print(f"{c} on the seed shapes: median {values[len(values) // 2]:.1f} us, max {values[-1]:.1f} us "
-                  f"(fastest single run anywhere: {min(r[c + '_min'] for r in seed if r.get(c)):.1f} us)")
+    for suffix, what in (("", "wall time"), ("_cpu", "thread CPU time")):
+        print(f"us per call, {what} ({CALLS_PER_RUN} calls back to back, median of {REPS} runs, paths taking "
+              "turns); _tensor = (sched, splits) form, _meta = FlashMLASchedMeta form, plan = get_mla_metadata")
+        print(f"{'b':>4} {'s_q':>3} {'sk':>5} {'h_q':>4} {'auto runs':>9} " + " ".join(f"{c:>15}" for c in cols))
+        for r in rows:
+            print(f"{r['batch']:>4} {r['seq_q']:>3} {r['mean_sk']:>5} {r['heads_q']:>4} {r['auto_runs']:>9} "
+                  + " ".join(f"{r[c + suffix]:15.1f}" if c + suffix in r else f"{'-':>15}" for c in cols))
+        seed = [r for r in rows if r["batch"] == 128]
+        for c in ("auto_tensor", "auto_meta", "flashmla_meta"):
+            values = sorted(r[c + suffix] for r in seed if c + suffix in r)
+            if values:
+                print(f"{c} ({what}) on the seed shapes: median {values[len(values) // 2]:.1f} us, "
+                      f"max {values[-1]:.1f} us")
+        print()
 
 
 FIRST_CALL_SCRIPT = r"""
