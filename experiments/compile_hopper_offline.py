@@ -33,17 +33,13 @@ for n in names:
         sig[n] = f"tensordesc<{ty}[64, 64],{layout}>"
     elif n == "qk_scale_log2":
         sig[n] = "fp32"
-    elif n in ("PAGE_SIZE", "CAUSAL", "PLAN_TILE", "SCHED_ROW", "SCHED_MERGE_COUNTER", "MERGE_ROWS", "NUM_STAGES",
-               "OVERLAP_PV_S", "num_warps"):
+    elif n in ("PAGE_SIZE", "CAUSAL", "PLAN_TILE", "SCHED_ROW", "NUM_STAGES", "OVERLAP_PV_S", "num_warps"):
         sig[n] = "constexpr"
     else:
         sig[n] = "i32"
 constexprs = {(names.index("PAGE_SIZE"),): page, (names.index("CAUSAL"),): causal,
               (names.index("PLAN_TILE"),): 64, (names.index("SCHED_ROW"),): 8,
               (names.index("num_warps"),): H.NUM_WARPS}
-if "SCHED_MERGE_COUNTER" in names:
-    constexprs[(names.index("SCHED_MERGE_COUNTER"),)] = 5
-    constexprs[(names.index("MERGE_ROWS"),)] = 16
 if "NUM_STAGES" in names:
     constexprs[(names.index("NUM_STAGES"),)] = H.NUM_STAGES.value
 if "OVERLAP_PV_S" in names:  # the shipped kernel's compute-bound loop order (several 64-row blocks)

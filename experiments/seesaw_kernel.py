@@ -1,6 +1,6 @@
 """EXPERIMENT (not wired into the API): a warp-specialized Gluon MLA decode kernel with FlashMLA's "seesaw" schedule.
 Written against the launch contract from before issue 8 (JIT launch, separate combine kernel): run it from commit
-0229004. Porting it to decode_hopper.bind_decode_hopper and the fused combine belongs to issue 9.
+0229004. Porting it to decode_hopper.bind_decode_hopper belongs to issue 9.
 Run it through experiments/seesaw_run.py.
 Status and measurements: NOTES.md, run 10 (faster than the shipped Hopper kernel where compute-bound, but
 erratic at sk 4096 and racecheck is not clean, so it is not shipped).

@@ -1,6 +1,6 @@
 """GPU tests (skipped without CUDA): FlashMLA's own test grid in bf16 and fp16 with FlashMLA's tolerances,
-page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, torch.compile, the fused combine under
-stress, the cached call path (unaligned inputs, no compiles across batch sizes after warmup()); each for both
+page sizes, zero lengths, CUDA-graph capture/replay with changed lengths, torch.compile, repeated
+replay, the cached call path (unaligned inputs, no compiles across batch sizes after warmup()); each for both
 decode kernels (the Gluon Hopper kernel only where the GPU can run it)."""
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 import tritonmla
 from tritonmla.api.op import decode_into
 from tritonmla.kernels import dispatch
-from tritonmla.kernels.constants import SCHED_MERGE_COUNTER
 from tritonmla.kernels.decode import mla_decode_kernel
 from tritonmla.scheduler.metadata import num_parts_for, plan_kernel
 
@@ -257,14 +256,15 @@ def test_no_compile_after_warmup_across_batch_sizes(heads_q):
     assert compiled_variants() == before
 
 
-def test_fused_merge_stress_is_bitwise_deterministic(kernel):
-    """Many programs race to finish each request (8 long requests over every part, 4 row blocks at h_q 128 s_q 2):
-    replayed 300 times in a CUDA graph, the results never change by a bit and the merge counters end at 0."""
+def test_many_splits_replayed_are_bitwise_deterministic(kernel):
+    """8 long requests cut over every part (4 row blocks at h_q 128 s_q 2), replayed 300 times in a CUDA graph:
+    the results never change by a bit, and the plan is left as it was."""
     x = make_decode_inputs([16384, 9000, 12000, 700, 16000, 5000, 14000, 3000], 2, 128, 1, 64, torch.bfloat16,
                            "cuda", generator=torch.Generator("cuda").manual_seed(5))
     num_parts = num_parts_for(x.q.device, 256, 1, kernel)
     sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts)
     assert int((splits[1:] - splits[:-1]).max()) >= 4
+    plan_before = sched.clone()
 
     def step():
         return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
@@ -278,7 +278,7 @@ def test_fused_merge_stress_is_bitwise_deterministic(kernel):
         out.fill_(float("nan"))
         graph.replay()
         assert torch.equal(out, first_out) and torch.equal(lse, first_lse)
-    assert int(sched[:, SCHED_MERGE_COUNTER].abs().sum()) == 0
+    assert torch.equal(sched, plan_before)
     ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
                                                       causal=True)
     assert_close("out", first_out, ref_out, **PEAKED_OUT_TOL)

@@ -21,6 +21,7 @@ import torch
 from .._runtime import uses_triton
 from ..kernels import dispatch
 from ..kernels.constants import D_V, SCHED_ROW
+from ..combine.combine import bind_combine
 from ..kernels.decode import bind_decode
 from ..kernels.launch import current_stream
 from ..reference.plan import plan_reference
@@ -83,8 +84,9 @@ def stream_workspace(stream: int, numel: int, device: torch.device) -> torch.Ten
 
 
 class DecodeCall:
-    """One configuration of the decode step (inputs already checked): which kernel, its bound variant, the output
-    and workspace sizes. Calling it allocates out, lse and the split workspace and launches once."""
+    """One configuration of the decode step (inputs already checked): which kernel, its bound variant and the
+    combine's, the output and workspace sizes. Calling it allocates out and lse and launches the decode kernel and
+    (if the plan can split a request) the combine kernel."""
 
     def __init__(self, q, k_cache, block_table, sched, head_dim_v: int, softmax_scale: float, causal: bool,
                  kernel: Optional[str], aligned: bool = True):
@@ -108,7 +110,12 @@ class DecodeCall:
         self.partial_numel = slots * heads_kv * rows * D_V
         self.workspace_numel = slots * heads_kv * rows * (D_V + 1)
         self.contiguous_q = q.stride(-1) == 1
+        self.heads_per_kv = heads_q // heads_kv
+        self.partial_shape = (slots, heads_kv, rows)
+        # A plan of one part splits no request: nothing to merge, one launch.
+        self.merges = sched.shape[0] > 1
         self.bound = None
+        self.combine = None
         self.descriptors: dict[int, list] = {}  # k_cache address -> its expanded TMA descriptor (Hopper)
 
     def __call__(self, q, k_cache, block_table, cache_seqlens, sched, splits, out=None, lse=None, workspace=None):
@@ -124,7 +131,7 @@ class DecodeCall:
             out = q.new_empty(self.out_shape)  # (new_empty: less argument parsing than torch.empty)
             lse = q.new_empty(self.lse_shape, dtype=torch.float32)
         bound = self.bound
-        if bound is not None and bound.direct:
+        if bound is not None and bound.direct and (not self.merges or self.combine.direct):
             stream = current_stream(self.device_index)
             if workspace is None:
                 workspace = stream_workspace(stream, self.workspace_numel, self.device)
@@ -132,8 +139,8 @@ class DecodeCall:
                 cache_seqlens.data_ptr()
             sched_ptr, splits_ptr, w_ptr = sched.data_ptr(), splits.data_ptr(), workspace.data_ptr()
             if (q_ptr | k_ptr | bt_ptr | seqlens_ptr | sched_ptr | splits_ptr) & 15 == 0:
-                tail = (bt_ptr, seqlens_ptr, sched_ptr, splits_ptr, out.data_ptr(), lse.data_ptr(), w_ptr,
-                        w_ptr + 4 * self.partial_numel)
+                out_ptr, lse_ptr, lse_partial_ptr = out.data_ptr(), lse.data_ptr(), w_ptr + 4 * self.partial_numel
+                tail = (bt_ptr, seqlens_ptr, sched_ptr, splits_ptr, out_ptr, lse_ptr, w_ptr, lse_partial_ptr)
                 if self.kernel == "hopper":
                     desc = self.descriptors.get(k_ptr)
                     if desc is None:
@@ -141,6 +148,8 @@ class DecodeCall:
                     bound.launch(stream, (q_ptr, *desc, *tail))
                 else:
                     bound.launch(stream, (q_ptr, k_ptr, *tail))
+                if self.merges:
+                    self.combine.launch(stream, (w_ptr, lse_partial_ptr, splits_ptr, out_ptr, lse_ptr))
                 return out, lse
         if workspace is None:
             workspace = torch.empty(self.workspace_numel, dtype=torch.float32, device=self.device)
@@ -150,7 +159,8 @@ class DecodeCall:
     def _tensor_args(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace) -> tuple:
         k_arg = dispatch.decode_hopper.kv_descriptor(k_cache) if self.kernel == "hopper" else k_cache
         return (q, k_arg, block_table, cache_seqlens, sched, splits, out, lse,
-                workspace[:self.partial_numel], workspace[self.partial_numel:])
+                workspace[:self.partial_numel].view(*self.partial_shape, D_V),
+                workspace[self.partial_numel:self.workspace_numel].view(self.partial_shape))
 
     def _run_bound(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace) -> None:
         """First call (binds), the interpreter, Triton's own launcher, or an unaligned pointer."""
@@ -160,19 +170,28 @@ class DecodeCall:
             one_off = DecodeCall(q, k_cache, block_table, sched, *self.args, aligned=False)
             one_off._run_bound(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
             return
-        bound = self.bound
+        bound, combine = self.bound, self.combine
         if bound is None:
             bound = self._bind(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+            partials = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse,
+                                         workspace)[8:]
+            combine = bind_combine(*partials, splits, out, lse, self.heads_per_kv) if self.merges else None
             if self.aligned:
-                self.bound = bound
-                if bound.direct:
+                self.bound, self.combine = bound, combine
+                if bound.direct and (combine is None or combine.direct):
                     self(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
                     return
         args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
+        combine_args = (args[8], args[9], splits, out, lse)
         if bound.interpreted:
             bound.interpret(args)
+            if combine is not None:
+                combine.interpret(combine_args)
         else:
-            bound.launch_generic(current_stream(self.device_index), args)
+            stream = current_stream(self.device_index)
+            bound.launch_generic(stream, args)
+            if combine is not None:
+                combine.launch_generic(stream, combine_args)
 
     def _bind(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace):
         args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)

@@ -10,8 +10,8 @@ Tensors on CUDA run the Triton kernels. CPU tensors run the same kernels under T
 importing tritonmla), and otherwise the pure-PyTorch reference (tritonmla.reference).
 
 Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) was seen before is a dictionary
-lookup, three allocations and one kernel launch (tritonmla.api.calls); the argument checks, the kernel choice and
-the kernel binding run on a configuration's first call. Under torch.compile and other tracing the same work goes
+lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.api.calls); the
+argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under torch.compile and other tracing the same work goes
 through torch.library custom ops (tritonmla.api.op).
 """
 from __future__ import annotations
@@ -151,8 +151,7 @@ def flash_mla_with_kvcache(
     head_dim_v=512 columns); block_table [b, max_blocks] int32; cache_seqlens [b] int32, each at most
     max_blocks * page_size. Returns out [b, s_q, h_q, 512] (q's dtype) and lse [b, h_q, s_q] float32.
     causal: query i of s_q sees keys < seqlen - s_q + 1 + i. Rows that see no key give out 0, lse +inf.
-    tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens
-    (the kernels keep a merge counter in the plan and leave it as they found it).
+    tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens.
     kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
     (raise ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
     """

@@ -1,19 +1,13 @@
-"""The combine stage, fused into the decode kernels: the last split of a request to finish merges its partials.
+"""Combine kernel: merge the fp32 partials of requests that the scheduler split across parts.
 
-A request the plan cuts into n splits is computed by n parts (x every 64-row block and KV head of the grid); each
-writes an fp32 partial (o_i, lse_i) into its split slot. LSE merge, in the log2 domain the decode kernels use:
+LSE merge, in the log2 domain the decode kernel writes: with split i giving (o_i, lse_i),
     m = max_i lse_i,  w_i = 2^(lse_i - m),  o = sum_i w_i o_i / sum_i w_i,  lse = (m + log2 sum_i w_i) * ln 2.
 Splits that saw no key have lse_i = -inf (w_i = 0); a row no split saw gets o = 0, lse = +inf.
+One program per (query row, request, KV head); requests with a single split were written by the decode kernel.
 
-Who merges: after writing its partial, every program arrives at the request's counter (one int32 in the plan,
-tile_scheduler_metadata[p0, SCHED_MERGE_COUNTER], p0 = the part holding the request's first tile). The program
-that arrives last (n x m-blocks x KV heads arrivals) merges every row of the request, in split order (so the
-result is the same bits whoever is last), and sets the counter back to 0 for the next call with the same plan.
-
-Ordering (PTX memory model, CUTLASS's semaphore pattern): all threads store their partial -> CTA barrier ->
-one thread's atom.add.acq_rel.gpu (releases the whole CTA's stores, cumulatively through the barrier) ... the
-last arriver's atom (acquire) -> CTA barrier (Triton's broadcast of the atomic's result) -> every thread loads
-the partials, with .cg (L2) loads.
+(Folding this into the decode kernel, the last split to finish merging its request, was tried and measured:
+NOTES.md run 11. One program merging n splits x all rows of a request is slow where n is large, e.g. one long
+request split over every SM, so the merge stays a grid of its own.)
 """
 from __future__ import annotations
 
@@ -21,63 +15,59 @@ import triton
 import triton.language as tl
 
 from ..kernels.constants import LN2
-
-
-@triton.jit(noinline=True)  # a call: the merge's registers do not add to the decode loop's
-def arrive_and_merge(
-    SCHED, OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
-    b, first_part, split_begin, num_splits, heads_kv, rows_per_kv, heads_per_kv,
-    stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
-    stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-    D_V: tl.constexpr, SCHED_ROW: tl.constexpr, SCHED_MERGE_COUNTER: tl.constexpr, MERGE_ROWS: tl.constexpr,
-):
-    """Call after this program stored its partial of request b (a split one). Merges if it is the last."""
-    tl.debug_barrier()  # every thread's partial stores come before the arrival (released by it)
-    counter = SCHED + first_part * SCHED_ROW + SCHED_MERGE_COUNTER
-    arrivals = num_splits * tl.num_programs(0) * tl.num_programs(1)
-    if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == arrivals - 1:
-        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch on this plan
-        merge_splits(OUT_PARTIAL, LSE_PARTIAL, OUT, LSE, b, split_begin, num_splits, heads_kv, rows_per_kv,
-                     heads_per_kv, stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
-                     stride_ob, stride_os, stride_oh, stride_lb, stride_lh, D_V, MERGE_ROWS)
+from ..kernels.launch import BoundKernel
 
 
 @triton.jit
-def merge_splits(
-    OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
-    b, split_begin, num_splits, heads_kv, rows_per_kv, heads_per_kv,
-    stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
-    stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-    D_V: tl.constexpr, MERGE_ROWS: tl.constexpr,
+def mla_combine_kernel(
+    OUT_PARTIAL, LSE_PARTIAL, NUM_SPLITS, OUT, LSE,
+    stride_ps, stride_ph, stride_pr,
+    stride_pls, stride_plh,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    heads_per_kv,
+    D_V: tl.constexpr,
 ):
-    """Merge the partials in slots split_begin .. split_begin + num_splits - 1 into out/lse of request b (an int64
-    index, as the decode kernel's loop makes it)."""
-    offs_v = tl.arange(0, D_V)
-    first = split_begin.to(tl.int64)
-    for kv_head in range(heads_kv):
-        for r0 in range(0, rows_per_kv, MERGE_ROWS):
-            rows = r0 + tl.arange(0, MERGE_ROWS)
-            ok = rows < rows_per_kv
-            lse_ptr = LSE_PARTIAL + first * stride_pls + kv_head * stride_plh + rows
-            o_ptr = (OUT_PARTIAL + first * stride_ps + kv_head * stride_ph + rows[:, None] * stride_pr
-                     + offs_v[None, :])
-            lse_max = tl.full([MERGE_ROWS], float("-inf"), tl.float32)
-            for i in range(num_splits):
-                lse_i = tl.load(lse_ptr + i * stride_pls, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                lse_max = tl.maximum(lse_max, lse_i)
-            lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-            weight_sum = tl.zeros([MERGE_ROWS], tl.float32)
-            acc = tl.zeros([MERGE_ROWS, D_V], tl.float32)
-            for i in range(num_splits):
-                lse_i = tl.load(lse_ptr + i * stride_pls, mask=ok, other=float("-inf"), cache_modifier=".cg")
-                w = tl.math.exp2(lse_i - lse_max)
-                weight_sum += w
-                acc += w[:, None] * tl.load(o_ptr + i * stride_ps, mask=ok[:, None], other=0.0, cache_modifier=".cg")
-            seen = weight_sum > 0.0
-            out = acc / tl.where(seen, weight_sum, 1.0)[:, None]
-            lse = tl.where(seen, (lse_max + tl.math.log2(tl.where(seen, weight_sum, 1.0))) * LN2, float("inf"))
-            q_pos = rows // heads_per_kv
-            head = kv_head * heads_per_kv + rows % heads_per_kv
-            o_dst = OUT + b * stride_ob + q_pos * stride_os + head * stride_oh
-            tl.store(o_dst[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=ok[:, None])
-            tl.store(LSE + b * stride_lb + head * stride_lh + q_pos, lse, mask=ok)
+    row = tl.program_id(0)
+    b = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    split_begin = tl.load(NUM_SPLITS + b)
+    num_splits = tl.load(NUM_SPLITS + b + 1) - split_begin
+    if num_splits > 1:
+        offs_v = tl.arange(0, D_V)
+        lse_ptr = LSE_PARTIAL + split_begin.to(tl.int64) * stride_pls + kv_head * stride_plh + row
+        o_ptr = OUT_PARTIAL + split_begin.to(tl.int64) * stride_ps + kv_head * stride_ph + row * stride_pr + offs_v
+
+        lse_max = tl.full([], float("-inf"), tl.float32)
+        for i in range(num_splits):
+            lse_max = tl.maximum(lse_max, tl.load(lse_ptr + i * stride_pls))
+        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+        weight_sum = tl.zeros([], tl.float32)
+        acc = tl.zeros([D_V], tl.float32)
+        for i in range(num_splits):
+            w = tl.math.exp2(tl.load(lse_ptr + i * stride_pls) - lse_max)
+            weight_sum += w
+            acc += w * tl.load(o_ptr + i * stride_ps)
+
+        seen = weight_sum > 0.0
+        out = acc / tl.where(seen, weight_sum, 1.0)
+        lse = tl.where(seen, (lse_max + tl.math.log2(weight_sum)) * LN2, float("inf"))
+        q_pos = row // heads_per_kv
+        head = kv_head * heads_per_kv + row % heads_per_kv
+        b64 = b.to(tl.int64)
+        tl.store(OUT + b64 * stride_ob + q_pos * stride_os + head * stride_oh + offs_v, out.to(OUT.dtype.element_ty))
+        tl.store(LSE + b64 * stride_lb + head * stride_lh + q_pos, lse)
+
+
+def bind_combine(out_partial, lse_partial, num_splits, out, lse, heads_per_kv: int) -> BoundKernel:
+    """mla_combine_kernel for one configuration: grid = (query rows per KV head, requests, KV heads); requests
+    with one split exit at once. out_partial / lse_partial: contiguous [slot, h_kv, rows, D_V] / [.., rows]."""
+    batch, seq_q, _, d_v = out.shape
+    heads_kv = out_partial.shape[1]
+    fixed = (out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
+             lse_partial.stride(0), lse_partial.stride(1),
+             out.stride(0), out.stride(1), out.stride(2),
+             lse.stride(0), lse.stride(1),
+             heads_per_kv, d_v)
+    return BoundKernel(mla_combine_kernel, (seq_q * heads_per_kv, batch, heads_kv),
+                       (out_partial, lse_partial, num_splits, out, lse), fixed, dict(num_warps=4))

@@ -6,9 +6,7 @@ D_V = 512
 D_ROPE = D_QK - D_V
 PLAN_TILE = 64  # tokens per scheduler cost unit; every kernel's KV tile divides it
 # tile_scheduler_metadata row (FlashMLA's [num_parts, 8] int32): begin_req, begin_tile, end_req, end_tile,
-# begin_split, merge counter, 2 unused.
+# begin_split, 3 unused.
 SCHED_ROW = 8
-SCHED_MERGE_COUNTER = 5  # arrivals at a split request's merge, kept in the row of the part holding its first tile
-MERGE_ROWS = 16  # partial rows merged at a time by the fused combine
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)

@@ -13,7 +13,7 @@ lse = +inf (FlashMLA's convention). Work is in the log2 domain so exp is one exp
 Parallelism. The scheduler (tritonmla.scheduler) cuts the concatenated KV of all requests into one contiguous
 range per "part"; a program = (64-or-fewer query rows of one KV head) x (one part). A part walks its requests
 in order; a request wholly inside one part writes `out`/`lse` directly, a request cut across parts writes an
-fp32 partial (o, lse), and the last of its programs to finish merges them (tritonmla.combine): one launch.
+fp32 partial (o, lse) that tritonmla.combine merges.
 
 Tiles. Query rows are (s_q x heads of one KV head), row r = q_pos * heads_per_kv + head. Each KV tile of BLOCK_N
 tokens is loaded once as 512 + 64 columns; its 512 block is reused as V. Tokens are gathered through the block
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from ..combine.combine import arrive_and_merge
-from .constants import D_ROPE, D_V, LOG2E, LN2, MERGE_ROWS, PLAN_TILE, SCHED_MERGE_COUNTER, SCHED_ROW
+from .constants import D_ROPE, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
 from .launch import BoundKernel
 
 
@@ -116,7 +115,7 @@ def mla_decode_kernel(
     seq_q, heads_per_kv, seqlen_cap,
     D_V: tl.constexpr, D_ROPE: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAN_TILE: tl.constexpr, SCHED_ROW: tl.constexpr,
-    SCHED_MERGE_COUNTER: tl.constexpr, MERGE_ROWS: tl.constexpr, CAUSAL: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -161,28 +160,19 @@ def mla_decode_kernel(
 
         split_begin = tl.load(NUM_SPLITS + b)
         num_splits = tl.load(NUM_SPLITS + b + 1) - split_begin
-        if num_splits == 1:
-            direct = row_ok & has_work
-            o_ptrs = OUT + b * stride_ob + q_pos * stride_os + head * stride_oh
-            tl.store(o_ptrs[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=direct[:, None])
-            lse = tl.where(row_seen, lse2 * LN2, float("inf"))
-            tl.store(LSE + b * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
-        else:
-            # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
-            split = tl.where(b == begin_req, begin_split, 0)
-            # One of the request's splits iff the plan gives this part tiles of it (from the plan alone, so the
-            # arrival count at the merge never depends on cache_seqlens).
-            first_tile = tl.where(b == begin_req, begin_tile, 0)
-            if tl.where(b == end_req, end_tile, first_tile + 1) > first_tile:
-                split_row = (split_begin + split).to(tl.int64)
-                po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + rows * stride_pr
-                tl.store(po_ptrs[:, None] + offs_v[None, :], out, mask=row_ok[:, None])
-                tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=row_ok)
-                arrive_and_merge(SCHED, OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
-                                 b, part - split, split_begin, num_splits, tl.num_programs(1), seq_q * heads_per_kv,
-                                 heads_per_kv, stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
-                                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                                 D_V, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS)
+        direct = row_ok & has_work & (num_splits == 1)
+        partial = row_ok & has_work & (num_splits > 1)
+
+        o_ptrs = OUT + b * stride_ob + q_pos * stride_os + head * stride_oh
+        tl.store(o_ptrs[:, None] + offs_v[None, :], out.to(OUT.dtype.element_ty), mask=direct[:, None])
+        lse = tl.where(row_seen, lse2 * LN2, float("inf"))
+        tl.store(LSE + b * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
+
+        # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
+        split_row = (split_begin + tl.where(b == begin_req, begin_split, 0)).to(tl.int64)
+        po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + rows * stride_pr
+        tl.store(po_ptrs[:, None] + offs_v[None, :], out, mask=partial[:, None])
+        tl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows, lse2, mask=partial)
 
 
 def fixed_strides(q, k_cache, block_table, out, lse, partial_rows: int) -> tuple[int, ...]:
@@ -210,8 +200,7 @@ def bind_decode(varying: tuple, q, k_cache, block_table, sched, out, lse, softma
     fixed = (softmax_scale * LOG2E,
              *strides[:3], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), *strides[3:],
              seq_q, heads_per_kv, block_table.shape[1] * page_size,
-             D_V, D_ROPE, page_size, cfg.block_m, min(cfg.block_n, PLAN_TILE), PLAN_TILE, SCHED_ROW,
-             SCHED_MERGE_COUNTER, MERGE_ROWS, causal)
+             D_V, D_ROPE, page_size, cfg.block_m, min(cfg.block_n, PLAN_TILE), PLAN_TILE, SCHED_ROW, causal)
     grid = (triton.cdiv(rows, cfg.block_m), heads_kv, sched.shape[0])
     return BoundKernel(mla_decode_kernel, grid, varying, fixed,
                        dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))

@@ -26,8 +26,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ..combine.combine_hopper import arrive_and_merge
-from .constants import D_QK, D_V, LOG2E, LN2, MERGE_ROWS, PLAN_TILE, SCHED_MERGE_COUNTER, SCHED_ROW
+from .constants import D_QK, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
 from .decode import fixed_strides
 from .launch import BoundKernel
 
@@ -98,8 +97,7 @@ def mla_decode_hopper_kernel(
     stride_pls, stride_plh,
     seq_q, heads_per_kv, seqlen_cap,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-    SCHED_MERGE_COUNTER: gl.constexpr, MERGE_ROWS: gl.constexpr, NUM_STAGES: gl.constexpr,
-    OVERLAP_PV_S: gl.constexpr, num_warps: gl.constexpr,
+    NUM_STAGES: gl.constexpr, OVERLAP_PV_S: gl.constexpr, num_warps: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     # Two warpgroups side by side along N: each owns half the columns of S (32 of 64) and of O (256 of 512).
@@ -222,8 +220,7 @@ def mla_decode_hopper_kernel(
                     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             it += 1
 
-        # Epilogue: a request wholly in this part writes out/lse; a cut one writes its fp32 partial, and the last
-        # of its programs to finish merges them (tritonmla.combine).
+        # Epilogue: a request wholly in this part writes out/lse; a cut one writes its fp32 partial.
         row_seen = l_i > 0.0
         l_safe = gl.where(row_seen, l_i, 1.0)
         lse2 = gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf"))
@@ -242,19 +239,12 @@ def mla_decode_hopper_kernel(
             lse = gl.convert_layout(gl.where(row_seen, lse2 * LN2, float("inf")), o_row)
             gl.store(LSE + b64 * stride_lb + head * stride_lh + q_pos, lse, mask=direct)
         else:
-            split = gl.where(b == begin_req, begin_split, 0)
-            first_tile = gl.where(b == begin_req, begin_tile, 0)
-            if gl.where(b == end_req, end_tile, first_tile + 1) > first_tile:  # a split of it (as decode.py)
-                split_row = (split_begin + split).to(gl.int64)
-                po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + gl.expand_dims(rows * stride_pr, 1)
-                gl.store(po_ptrs + cols, o, mask=gl.expand_dims(row_ok, 1))
-                gl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows,
-                         gl.convert_layout(lse2, o_row), mask=row_ok)
-                arrive_and_merge(SCHED, OUT_PARTIAL, LSE_PARTIAL, OUT, LSE,
-                                 b, part - split, split_begin, num_splits, gl.num_programs(1), seq_q * heads_per_kv,
-                                 heads_per_kv, stride_ps, stride_ph, stride_pr, stride_pls, stride_plh,
-                                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                                 V_BOXES * BOX, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS, num_warps)
+            partial = row_ok & has_work
+            split_row = (split_begin + gl.where(b == begin_req, begin_split, 0)).to(gl.int64)
+            po_ptrs = OUT_PARTIAL + split_row * stride_ps + kv_head * stride_ph + gl.expand_dims(rows * stride_pr, 1)
+            gl.store(po_ptrs + cols, o, mask=gl.expand_dims(partial, 1))
+            gl.store(LSE_PARTIAL + split_row * stride_pls + kv_head * stride_plh + rows,
+                     gl.convert_layout(lse2, o_row), mask=partial)
 
     for i in gl.static_range(NUM_STAGES):
         mbarrier.invalidate(ready.index(i))
@@ -280,6 +270,5 @@ def bind_decode_hopper(varying: tuple, q, k_cache, block_table, sched, out, lse,
     grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
     fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
              seq_q, heads_per_kv, block_table.shape[1] * page_size,
-             page_size, causal, PLAN_TILE, SCHED_ROW, SCHED_MERGE_COUNTER, MERGE_ROWS, NUM_STAGES.value,
-             grid[0] > 1)
+             page_size, causal, PLAN_TILE, SCHED_ROW, NUM_STAGES.value, grid[0] > 1)
     return BoundKernel(mla_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))

@@ -10,9 +10,7 @@ is owned by the part holding its first position, which writes its empty output.
 Output, FlashMLA's shapes so engines can preallocate them:
   sched      int32 [parts, 8]: begin_req, begin_tile, end_req, end_tile, begin_split, 0, 0, 0
              (the part runs requests begin_req..end_req; tiles [begin_tile, ...) of the first,
-             [..., end_tile) of the last; its first request's split index is begin_split; field 5 is the merge
-             counter of the split request whose first tile lies in this part: the decode kernels count arrivals
-             there and set it back to 0 (tritonmla.combine), so it reads 0 between calls)
+             [..., end_tile) of the last; its first request's split index is begin_split)
   num_splits int32 [batch + 1]: exclusive prefix sum of splits per request (num_splits[b+1]-num_splits[b]).
 """
 from __future__ import annotations
