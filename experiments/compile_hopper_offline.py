@@ -58,6 +58,7 @@ try:
     ptxas = get_ptxas(90).path
     out = subprocess.run([ptxas, "-arch=sm_90a", "-v", "/tmp/hopper.ptx", "-o", "/tmp/hopper.cubin"],
                          capture_output=True, text=True)
-    print("\n".join(l for l in (out.stdout + out.stderr).splitlines() if "Used" in l or "spill" in l or "Function properties" in l))
+    print("\n".join(line for line in (out.stdout + out.stderr).splitlines()
+                    if "Used" in line or "spill" in line or "Function properties" in line))
 except Exception as e:  # noqa: BLE001
     print("ptxas:", type(e).__name__, e)

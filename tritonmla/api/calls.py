@@ -14,19 +14,19 @@ torch.library custom ops instead (tritonmla.api.op), whose implementations come 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .._runtime import uses_triton
+from ..combine.combine import bind_combine
 from ..kernels import dispatch
 from ..kernels.constants import D_V, SCHED_ROW
-from ..combine.combine import bind_combine
 from ..kernels.decode import bind_decode
 from ..kernels.launch import current_stream
 from ..reference.plan import plan_reference
 from ..reference.reference import mla_decode_reference
-from ..scheduler.metadata import bind_plan, num_parts_for
+from ..scheduler.metadata import bind_plan
 
 MAX_CACHED = 4096  # configurations kept per cache; past that the cache starts over (it only costs rebinding)
 
@@ -288,15 +288,11 @@ def parts_key(cache_seqlens, num_parts: int) -> tuple:
             num_parts)
 
 
-def plan_call(key: tuple, cache_seqlens, num_heads_per_head_k: int, num_heads_k: int, kernel: Optional[str],
-              num_parts: Optional[int] = None) -> PlanCall:
-    """The cached PlanCall of a checked configuration. kernel: the kernel the plan is sized for (None = auto);
-    num_parts, if given, overrides the sizing."""
+def plan_call(key: tuple, cache_seqlens, num_parts: Callable[[], int]) -> PlanCall:
+    """The cached PlanCall of a checked configuration; num_parts() sizes it on a first call."""
     call = _PLAN_CALLS.get(key)
     if call is None:
-        if num_parts is None:
-            num_parts = num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k, kernel)
-        call = _remember(_PLAN_CALLS, key, PlanCall(cache_seqlens, num_parts))
+        call = _remember(_PLAN_CALLS, key, PlanCall(cache_seqlens, num_parts()))
     return call
 
 

@@ -11,8 +11,8 @@ importing tritonmla), and otherwise the pure-PyTorch reference (tritonmla.refere
 
 Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) was seen before is a dictionary
 lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.api.calls); the
-argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under torch.compile and other tracing the same work goes
-through torch.library custom ops (tritonmla.api.op).
+argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under
+torch.compile and other tracing the same work goes through torch.library custom ops (tritonmla.api.op).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from . import calls, op  # noqa: F401  (op registers torch.ops.tritonmla.*)
 from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors
 from ..kernels import dispatch
+from ..scheduler.metadata import num_parts_for
 
 
 @dataclasses.dataclass
@@ -80,10 +81,12 @@ def get_mla_metadata(
                         "(cache_seqlens, num_heads_per_head_k, num_heads_k)")
     check_metadata_args(cache_seqlens, num_heads_per_head_k, num_heads_k)
     if calls.tracing():
-        num_parts = calls.num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k)
+        num_parts = num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k)
         return torch.ops.tritonmla.plan(cache_seqlens, num_parts)
     key = calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None)
-    return calls.plan_call(key, cache_seqlens, num_heads_per_head_k, num_heads_k, None)(cache_seqlens)
+    plan = calls.plan_call(key, cache_seqlens,
+                           lambda: num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k))
+    return plan(cache_seqlens)
 
 
 def _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
@@ -110,11 +113,12 @@ def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: tor
         chosen = dispatch.choose(kernel, q, k_cache)
         rows = seq_q * heads_q // heads_kv
         if calls.tracing():
-            num_parts = calls.num_parts_for(cache_seqlens.device, rows, heads_kv, chosen)
+            num_parts = num_parts_for(cache_seqlens.device, rows, heads_kv, chosen)
             meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(cache_seqlens, num_parts)
         else:
             key = calls.plan_key(cache_seqlens, rows, heads_kv, chosen)
-            plan = calls.plan_call(key, cache_seqlens, rows, heads_kv, chosen)
+            plan = calls.plan_call(key, cache_seqlens, lambda: num_parts_for(cache_seqlens.device, rows, heads_kv,
+                                                                             chosen))
             meta.tile_scheduler_metadata, meta.num_splits = plan(cache_seqlens)
         meta.config = config
         meta.have_initialized = True

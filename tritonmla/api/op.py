@@ -16,8 +16,7 @@ from ..kernels.constants import SCHED_ROW
 
 @torch.library.custom_op("tritonmla::plan", mutates_args=())
 def plan_op(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return calls.plan_call(calls.parts_key(cache_seqlens, num_parts), cache_seqlens, 0, 0, None,
-                           num_parts=num_parts)(cache_seqlens)
+    return calls.plan_call(calls.parts_key(cache_seqlens, num_parts), cache_seqlens, lambda: num_parts)(cache_seqlens)
 
 
 @plan_op.register_fake

@@ -12,8 +12,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from ..bench.workload import make_decode_inputs
-from ..kernels.constants import D_V
+from ..kernels.constants import D_QK, D_V
 from .interface import flash_mla_with_kvcache, get_mla_metadata
 
 
@@ -28,15 +27,16 @@ def warmup(num_heads_q: int, num_heads_k: int = 1, seq_q: Union[int, Iterable[in
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator(device=device).manual_seed(0)
     combos = list(itertools.product(seq_qs, causals))
+    pages = 4  # two requests, the first over 3 pages and a bit: full tiles, a tail tile, an almost empty one
+    k_cache = torch.randn(2 * pages, page_size, num_heads_k, D_QK, generator=gen, device=device).to(dtype)
+    block_table = torch.arange(2 * pages, dtype=torch.int32, device=device).view(2, pages)
     for s_q, is_causal in combos:
-        x = make_decode_inputs([max(s_q, 3 * page_size + 1), 1], s_q, num_heads_q, num_heads_k, page_size, dtype,
-                               device, generator=gen)
-        sched, splits = get_mla_metadata(x.cache_seqlens, s_q * num_heads_q // num_heads_k, num_heads_k)
-        flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, sched, splits,
-                               causal=is_causal, kernel=kernel)
-        meta, _ = get_mla_metadata()
-        flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, meta, None, causal=is_causal,
-                               kernel=kernel)
+        q = torch.randn(2, s_q, num_heads_q, D_QK, generator=gen, device=device).to(dtype)
+        seqlens = torch.tensor([max(s_q, 3 * page_size + 1), 1], dtype=torch.int32, device=device)
+        args = (q, k_cache, block_table, seqlens, D_V)
+        plan = get_mla_metadata(seqlens, s_q * num_heads_q // num_heads_k, num_heads_k)
+        flash_mla_with_kvcache(*args, *plan, causal=is_causal, kernel=kernel)
+        flash_mla_with_kvcache(*args, *get_mla_metadata(), causal=is_causal, kernel=kernel)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return len(combos)

@@ -13,9 +13,9 @@ published H100 figures (the anchors file: GB/s, meaningful on an H100 only).
 --first-call the latency of a fresh process's first call (tritonmla.bench.host).
 
 Work is counted as FlashMLA's test counts it: FLOPs = 2 s_q sum(seqlens) h_q (d + dv), bytes = 2 (sum(seqlens) h_kv d
-+ b s_q h_q (d + dv)); ratio = our GB/s over FlashMLA's for the same config (throughput, since varlen lengths
-are random). Timing: triton.testing.do_bench, median. Without a GPU it says so and runs a small CPU demo of the
-same kernels under Triton's interpreter, checked against the reference.
++ b s_q h_q (d + dv)); against the anchors, ratio = our GB/s over FlashMLA's for the same config (throughput,
+since varlen lengths are random). Timing: triton.testing.do_bench, median. Without a GPU it says so and runs a
+small CPU demo of the same kernels under Triton's interpreter, checked against the reference.
 """
 from __future__ import annotations
 

@@ -87,8 +87,8 @@ def overhead_table() -> list[dict]:
         steps["plan"] = lambda: tm.get_mla_metadata(x.cache_seqlens, seq_q * heads_q, 1)
         if fm is not None:
             fm_meta, _ = fm.get_mla_metadata()
-            step = lambda: fm.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, fm_meta,  # noqa: E731
-                                                     None, causal=True)
+            step = lambda: fm.flash_mla_with_kvcache(  # noqa: E731
+                x.q, x.k_cache, x.block_table, x.cache_seqlens, D_V, fm_meta, None, causal=True)
             try:
                 step()
                 steps["flashmla_meta"] = step
@@ -159,7 +159,8 @@ def first_call_table() -> list[dict]:
             env = {**os.environ, "TRITON_CACHE_DIR": cache_dir}
             out = subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, json.dumps(cfg)], env=env,
                                  capture_output=True, text=True, check=True)
-            rows.append(dict(heads_q=heads_q, seq_q=seq_q, case=label, **json.loads(out.stdout.strip().splitlines()[-1])))
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(dict(heads_q=heads_q, seq_q=seq_q, case=label, **result))
     return rows
 
 

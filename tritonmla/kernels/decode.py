@@ -147,6 +147,7 @@ def mla_decode_kernel(
         lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
         hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(seqlen, PLAN_TILE)) * PLAN_TILE, seqlen)
         has_work = (hi > lo) | (seqlen == 0)  # an empty request is owned by exactly one part
+        key_end = seqlen - key_shift
 
         q_ptrs = q_rows + b * stride_qb
         q_nope = tl.load(q_ptrs[:, None] + offs_v[None, :], mask=row_ok[:, None], other=0.0)
@@ -155,7 +156,7 @@ def mla_decode_kernel(
 
         out, lse2, row_seen = attend_tiles(
             q_nope, q_rope, K_CACHE, bt_row, kv_head * stride_khead, stride_kblock, stride_kpos,
-            lo, hi, seqlen - key_shift, qk_scale_log2, offs_v, offs_rope, offs_n,
+            lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
             D_V, PAGE_SIZE, BLOCK_M, BLOCK_N)
 
         split_begin = tl.load(NUM_SPLITS + b)
