@@ -1,6 +1,8 @@
 """Compile the Gluon Hopper kernel for sm_90 on a machine without a GPU (frontend + ptxas, no launch), to catch
 compile errors and read register/spill/shared-memory use before spending device time.
-Run: python experiments/compile_hopper_offline.py [bf16|fp16] [causal 0|1] [page_size] [module, default tritonmla.kernels.decode_hopper]"""
+Run: python experiments/compile_hopper_offline.py [bf16|fp16] [causal 0|1] [page_size] [module] [stress delay ns]
+  module: tritonmla.kernels.decode_hopper (default, <= 64 rows) or tritonmla.kernels.decode_hopper_seesaw;
+  stress delay: the seesaw kernel's STRESS_DELAY_NS (tests only)."""
 import importlib
 import re
 import sys
@@ -33,7 +35,8 @@ for n in names:
         sig[n] = f"tensordesc<{ty}[64, 64],{layout}>"
     elif n == "qk_scale_log2":
         sig[n] = "fp32"
-    elif n in ("PAGE_SIZE", "CAUSAL", "PLAN_TILE", "SCHED_ROW", "NUM_STAGES", "OVERLAP_PV_S", "num_warps"):
+    elif n in ("PAGE_SIZE", "CAUSAL", "PLAN_TILE", "SCHED_ROW", "NUM_STAGES", "STRESS_DELAY_NS",
+               "num_warps"):
         sig[n] = "constexpr"
     else:
         sig[n] = "i32"
@@ -42,8 +45,8 @@ constexprs = {(names.index("PAGE_SIZE"),): page, (names.index("CAUSAL"),): causa
               (names.index("num_warps"),): H.NUM_WARPS}
 if "NUM_STAGES" in names:
     constexprs[(names.index("NUM_STAGES"),)] = H.NUM_STAGES.value
-if "OVERLAP_PV_S" in names:  # the shipped kernel's compute-bound loop order (several 64-row blocks)
-    constexprs[(names.index("OVERLAP_PV_S"),)] = True
+if "STRESS_DELAY_NS" in names:
+    constexprs[(names.index("STRESS_DELAY_NS"),)] = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 src = GluonASTSource(fn, sig, constexprs)
 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": H.NUM_WARPS,
                                                                 **({"maxnreg": H.MAXNREG} if hasattr(H, "MAXNREG") else {})})

@@ -225,7 +225,8 @@ def compiled_variants() -> int:
     """Compiled variants of every tritonmla kernel in this process (Triton's per-device JIT caches)."""
     fns = [plan_kernel, mla_decode_kernel]
     if dispatch.decode_hopper is not None:
-        fns.append(dispatch.decode_hopper.mla_decode_hopper_kernel)
+        from tritonmla.kernels.decode_hopper_seesaw import mla_decode_seesaw_kernel
+        fns += [dispatch.decode_hopper.mla_decode_hopper_kernel, mla_decode_seesaw_kernel]
     return sum(len(cache[0]) for fn in fns for cache in fn.device_caches.values())
 
 
@@ -311,3 +312,48 @@ def test_unaligned_q_takes_a_one_off_binding(kernel):
                                                     causal=True, kernel=kernel)
         assert_close("out", out, ref_out, **PEAKED_OUT_TOL)
         assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
+
+
+@pytest.mark.parametrize("seqlens", [[16384, 9000, 130, 0, 700, 16000, 63, 3000], [6000] * 96])
+def test_seesaw_handoffs_with_delayed_writers_are_bitwise_stable(seqlens):
+    """The warp-specialized kernel (rows > 64) hands m_A, m_B, P_A, P_B, the row sums, Q and zeroed tails from one
+    warpgroup to the other. Rebuilt with every thread sleeping a different 0-4 us before it writes what the other
+    warpgroup reads (and before it reads what the other writes next), and replayed many times in a CUDA graph, it
+    gives bit for bit what the undelayed kernel gives: a hand-off that did not order every writer before the
+    readers would lose the late writers' values (the negative control in NOTES.md run 12 fails here), one that did
+    not order the readers before the next write would hand them the next value."""
+    why = dispatch.hopper_device(torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+    from tritonmla.api import calls
+    from tritonmla.kernels import decode_hopper_seesaw
+
+    x = make_decode_inputs(seqlens, 2, 128, 1, 64, torch.bfloat16, "cuda",
+                           generator=torch.Generator("cuda").manual_seed(len(seqlens)))
+    sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts_for(x.q.device, 256, 1, "hopper"))
+
+    def step():
+        return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
+                                                causal=True, kernel="hopper")
+
+    calls.clear()
+    want_out, want_lse = step()
+    try:
+        decode_hopper_seesaw.STRESS_DELAY_NS = 4000
+        calls.clear()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, lse = step()
+        for _ in range(200 if len(seqlens) < 16 else 30):
+            out.fill_(float("nan"))
+            lse.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    finally:
+        decode_hopper_seesaw.STRESS_DELAY_NS = 0
+        calls.clear()
+    ref_out, ref_lse = tritonmla.mla_decode_reference(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512,
+                                                      causal=True)
+    assert_close("out", want_out, ref_out, **PEAKED_OUT_TOL)
+    assert_close("lse", want_lse, ref_lse, **PEAKED_LSE_TOL)

@@ -2,6 +2,7 @@
 
     python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--compare flashmla] [--csv FILE]
                               [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
+    python -m tritonmla.bench sparse-decode [...]    (sparse decoding over FP8 caches: tritonmla.bench.sparse)
 
 --kernel both (the default) times the Gluon Hopper kernel and the portable kernel on every config, side by side
 (the Hopper column is left out on GPUs that cannot run it). Each config is timed as users see it: eager calls
@@ -129,17 +130,17 @@ def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, c
     flops, nbytes = work(seqlens, batch, seq_q, heads_q, heads_kv)
     gbps = nbytes / ms / 1e6
     config = (batch, seq_q, mean_sk, heads_q, heads_kv, varlen)
-    if fm is not None and config not in fm_memo:
+    if fm is not None and config + (causal,) not in fm_memo:
         try:
-            fm_memo[config] = flashmla_times(fm, x, causal)
+            fm_memo[config + (causal,)] = flashmla_times(fm, x, causal)
         except Exception as error:  # noqa: BLE001  (FlashMLA refusing a config: fall back to its anchor)
             print(f"FlashMLA failed on {config}: {type(error).__name__}: {error}"[:300])
-            fm_memo[config] = None
-    if fm is not None and fm_memo[config] is not None:
-        fm_ms, fm_graph_ms = fm_memo[config]
+            fm_memo[config + (causal,)] = None
+    if fm is not None and fm_memo[config + (causal,)] is not None:
+        fm_ms, fm_graph_ms = fm_memo[config + (causal,)]
         ref_gbps, ratio, graph_ratio, source = nbytes / fm_ms / 1e6, fm_ms / ms, fm_graph_ms / graph_ms, "measured"
     else:
-        ref_gbps = anchors.get(config)
+        ref_gbps = anchors.get(config) if causal else None  # the published table is causal
         ratio = gbps / ref_gbps if ref_gbps else None
         graph_ratio = nbytes / graph_ms / 1e6 / ref_gbps if ref_gbps else None
         source = "anchor"
@@ -153,8 +154,8 @@ def print_table(rows: list[Row]) -> None:
     kernels = list(dict.fromkeys(r.kernel for r in rows))
     by_config: dict[tuple, dict[str, Row]] = {}
     for r in rows:
-        by_config.setdefault((r.batch, r.seq_q, r.mean_sk, r.heads_q, r.varlen), {})[r.kernel] = r
-    head = f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'FlashMLA GB/s':>13}"
+        by_config.setdefault((r.batch, r.seq_q, r.mean_sk, r.heads_q, r.varlen, r.causal), {})[r.kernel] = r
+    head = f"{'b':>4} {'s_q':>3} {'mean_sk':>7} {'h_q':>4} {'varlen':>6} {'causal':>6} {'FlashMLA GB/s':>13}"
     for k in kernels:
         head += f" | {k:>8} {'ms':>6} {'TFLOPS':>6} {'GB/s':>6} {'ratio':>5} {'graph ms':>8} {'ratio':>5}"
     print(head)
@@ -162,9 +163,10 @@ def print_table(rows: list[Row]) -> None:
     sources = {r.flashmla_source for r in rows}
     print("FlashMLA: " + ("timed here, same inputs (ratio = its time / ours)" if sources == {"measured"} else
                           "published H100 figures (ratio = our GB/s / its GB/s)"))
-    for (b, s_q, sk, h_q, varlen), per in by_config.items():
+    for (b, s_q, sk, h_q, varlen, causal), per in by_config.items():
         ref = next(iter(per.values())).flashmla_gbps
-        line = f"{b:>4} {s_q:>3} {sk:>7} {h_q:>4} {str(varlen):>6} " + (f"{ref:13.0f}" if ref else f"{'-':>13}")
+        line = (f"{b:>4} {s_q:>3} {sk:>7} {h_q:>4} {str(varlen):>6} {str(causal):>6} "
+                + (f"{ref:13.0f}" if ref else f"{'-':>13}"))
         for k in kernels:
             r = per.get(k)
             line += (f" | {'':>8} {r.ms:6.3f} {r.tflops:6.1f} {r.gbps:6.0f} {fmt(r.ratio)} {r.graph_ms:8.3f} "
@@ -217,13 +219,17 @@ def gpu_main(args) -> None:
 
     anchors = load_anchors()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    configs = [(128, s_q, sk, h_q, 1, varlen)
-               for sk in (4096, 8192, 16384) for h_q in (16, 32, 64, 128) for s_q in (1, 2) for varlen in (False, True)]
+    if args.suite == "head":  # FlashMLA HEAD's dense performance cases: b=128, h_q 128, varlen, causal or not
+        configs = [(128, s_q, sk, 128, 1, True, causal)
+                   for causal in (False, True) for s_q in (1, 2) for sk in (4096, 8192, 16384, 32768)]
+    else:  # the seed table (FlashMLA's published H100 figures), causal
+        configs = [(128, s_q, sk, h_q, 1, varlen, True) for sk in (4096, 8192, 16384) for h_q in (16, 32, 64, 128)
+                   for s_q in (1, 2) for varlen in (False, True)]
     if args.quick:
-        configs = [c for c in configs if c[2] == 8192 and not c[5]]
+        configs = [c for c in configs if c[2] == 8192 and (args.suite == "head" or not c[5])]
     if args.only:
         want = dict(kv.split("=") for kv in args.only.split(","))
-        index = {"s_q": 1, "sk": 2, "h_q": 3, "varlen": 5}
+        index = {"s_q": 1, "sk": 2, "h_q": 3, "varlen": 5, "causal": 6}
         configs = [c for c in configs if all(str(c[index[k]]) == v for k, v in want.items())]
     from tritonmla.bench.host import flashmla_module
     from tritonmla.kernels import dispatch
@@ -249,13 +255,13 @@ def gpu_main(args) -> None:
     while True:
         for kernel in kernels:
             progress(0, len(jobs), f"warm-up {kernel}")
-            bench_config(tm, kernel, *jobs[0][1], True, dtype, anchors)
-            bench_config(tm, kernel, *jobs[-1][1], True, dtype, anchors, fm, {})
+            bench_config(tm, kernel, *jobs[0][1], dtype, anchors)
+            bench_config(tm, kernel, *jobs[-1][1], dtype, anchors, fm, {})
         if time.time() - t0 > WARMUP_S:
             break
-    for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen)) in enumerate(jobs):
-        progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen}")
-        rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, True, dtype, anchors, fm, fm_memo))
+    for i, (kernel, (b, s_q, sk, h_q, h_kv, varlen, causal)) in enumerate(jobs):
+        progress(i, len(jobs), f"{kernel} b={b} s_q={s_q} sk={sk} h_q={h_q} varlen={varlen} causal={causal}")
+        rows.append(bench_config(tm, kernel, b, s_q, sk, h_q, h_kv, varlen, causal, dtype, anchors, fm, fm_memo))
         torch.cuda.empty_cache()
     progress(len(jobs), len(jobs), "done")
     sys.stderr.write("\n")
@@ -300,12 +306,20 @@ def cpu_demo() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sparse-decode"]:  # FlashMLA's sparse decode cases (tritonmla.bench.sparse)
+        from tritonmla.bench import sparse
+        sparse.main(argv[1:])
+        return
     p = argparse.ArgumentParser(prog="python -m tritonmla.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only mean_sk=8192, fixed lengths")
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--kernel", choices=("both", "auto", "hopper", "portable"), default="both",
                    help="which decode kernel(s) to time (default: both, side by side)")
     p.add_argument("--compare", choices=("flashmla",), help="time FlashMLA beside us (needs flash_mla importable)")
+    p.add_argument("--suite", choices=("seed", "head"), default="seed",
+                   help="seed: FlashMLA's published H100 table (causal); head: FlashMLA HEAD's dense performance "
+                        "cases (b=128, h_q=128, varlen, causal and not, sk 4096-32768)")
     p.add_argument("--only", help="configs to run, e.g. 'sk=8192,h_q=128' (any of s_q, sk, h_q, varlen)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--json", help="write the table as JSON")

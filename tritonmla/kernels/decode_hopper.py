@@ -1,4 +1,6 @@
-"""Hopper (SM90) MLA decode kernel in Gluon: the same math and plan walk as tritonmla.kernels.decode.
+"""Hopper (SM90) MLA decode kernel in Gluon: the same math and plan walk as tritonmla.kernels.decode. It runs
+up to 64 query rows per KV head (one row block: memory-bound); with more rows bind_decode_hopper hands the call
+to the warp-specialized seesaw kernel (decode_hopper_seesaw), which keeps the tensor cores busier.
 
 Math (online softmax, log2 domain), per query row q and the keys k_j of its request, V = k_j[:512]:
     s_j = scale*log2e * q.k_j,  m' = max(m, rowmax s),  l' = l 2^(m-m') + sum_j 2^(s_j-m'),
@@ -8,9 +10,9 @@ What Gluon buys over the portable kernel (which spills at 64 rows: Q and the acc
 - Q (64 rows x 576) is kept in shared memory as 9 NVMMA-swizzled 64x64 boxes and is the A operand of wgmma.
 - K tiles (64 tokens x 576, one page of the paged cache per tile) arrive by TMA as 9 boxes into a ring of
   NUM_STAGES stages, each guarded by an mbarrier; the load of tile t+1 overlaps the math of tile t.
-- S = Q K^T is 9 async wgmmas; P goes to shared memory; O += P V is 8 async wgmmas, one per 64-column chunk
-  of V (= the first 8 boxes of the same K tile). 8 warps = two warpgroups, each owning half the columns of S
-  and of every O chunk, so the 64 x 512 fp32 accumulator is 128 registers per thread.
+- S = Q K^T is 2 async wgmmas (512 + 64 columns); P goes to shared memory; O += P V is one async wgmma on
+  the [64, 512] V tile (= the first 8 boxes of the same K tile). 8 warps = two warpgroups, each owning half
+  the columns of S and of O, so the 64 x 512 fp32 accumulator is 128 registers per thread.
 
 Tiles past the end of a request (a page's unused slots may hold NaN: 0 * NaN would poison P V) are zeroed in
 shared memory before use. Requires PAGE_SIZE a multiple of 64 (a tile never crosses a page); the dispatcher
@@ -28,6 +30,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .constants import D_QK, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
 from .decode import fixed_strides
+from .decode_hopper_seesaw import bind_decode_seesaw
 from .launch import BoundKernel
 
 BLOCK_M = gl.constexpr(64)  # query rows per program: the wgmma M of one warpgroup
@@ -68,17 +71,15 @@ def zero_rows_past(kv_tile, rope_tile, valid, box_layout: gl.constexpr):
 
 
 @gluon.jit
-def scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, valid, landing, box_l: gl.constexpr,
-           s_mma: gl.constexpr):
-    """Issue S = Q K^T (two async wgmma groups) on the it-th tile of the ring; if `landing` (a TMA was issued for
-    it), first wait for it and zero its rows >= valid."""
+def scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, valid, box_l: gl.constexpr, s_mma: gl.constexpr):
+    """Issue S = Q K^T (two async wgmma groups) on the it-th tile of the ring, once it has landed (rows >= valid
+    zeroed first)."""
     slot = it % NUM_STAGES
     kv_tile = kv_smem.index(slot)
     rope_tile = rope_smem.index(slot)
-    if landing:
-        mbarrier.wait(ready.index(slot), (it // NUM_STAGES) & 1)
-        if valid < BLOCK_N:
-            zero_rows_past(kv_tile, rope_tile, valid, box_l)
+    mbarrier.wait(ready.index(slot), (it // NUM_STAGES) & 1)
+    if valid < BLOCK_N:
+        zero_rows_past(kv_tile, rope_tile, valid, box_l)
     s = warpgroup_mma(q_nope, kv_tile.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma),
                       is_async=True)
     return warpgroup_mma(q_rope, rope_tile.permute((1, 0)), s, is_async=True)
@@ -97,7 +98,7 @@ def mla_decode_hopper_kernel(
     stride_pls, stride_plh,
     seq_q, heads_per_kv, seqlen_cap,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-    NUM_STAGES: gl.constexpr, OVERLAP_PV_S: gl.constexpr, num_warps: gl.constexpr,
+    NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):
     dtype: gl.constexpr = Q.dtype.element_ty
     # Two warpgroups side by side along N: each owns half the columns of S (32 of 64) and of O (256 of 512).
@@ -175,10 +176,8 @@ def mla_decode_hopper_kernel(
         o = gl.zeros([BLOCK_M, V_BOXES * BOX], gl.float32, o_mma)
         s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma)
         if n_tiles > 0:
-            s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, hi - lo, True, box_l, s_mma)
+            s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, hi - lo, box_l, s_mma)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        # Software pipeline: S of tile t+1 is issued right behind P V of tile t, so the tensor cores go from one
-        # to the other without draining; the TMA of tile t+2 goes into tile t's slot as soon as P V is done.
         for t in range(n_tiles):
             start = lo + t * BLOCK_N
             slot = it % NUM_STAGES
@@ -196,28 +195,16 @@ def mla_decode_hopper_kernel(
 
             o = o * gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
             o = warpgroup_mma(p_smem, kv_smem.index(slot), o, is_async=True)
-            if OVERLAP_PV_S:
-                # Compute-bound: S of t+1 goes in right behind P V of t. (After the last tile it runs on a stale
-                # slot and is discarded: cheaper than a branch.) The TMA of t+2 then waits for tile t+1 to land.
-                s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it + 1, hi - start - BLOCK_N,
-                           t + 1 < n_tiles, box_l, s_mma)
-                o = warpgroup_mma_wait(num_outstanding=2, deps=(o,))  # P V done; S of t+1 (2 groups) may run
-                gl.thread_barrier()  # every warp is past its P V reads of this slot and of P
-                if t + 2 < n_tiles:
-                    issue_kv_tile(k_desc, bt_row, start + 2 * BLOCK_N, col0, slot, kv_smem, rope_smem, ready,
-                                  PAGE_SIZE)
+            # Refill the slot first, so two tiles stay in flight while tile t+1 lands (memory-bound rows; a
+            # variant issuing S of t+1 right behind P V lost here and is superseded for many rows by
+            # decode_hopper_seesaw: NOTES.md runs 8, 12).
+            o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+            gl.thread_barrier()
+            if t + 2 < n_tiles:
+                issue_kv_tile(k_desc, bt_row, start + 2 * BLOCK_N, col0, slot, kv_smem, rope_smem, ready, PAGE_SIZE)
+            if t + 1 < n_tiles:
+                s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it + 1, hi - start - BLOCK_N, box_l, s_mma)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            else:
-                # Memory-bound: refill the slot first, so two tiles stay in flight while tile t+1 lands.
-                o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
-                gl.thread_barrier()
-                if t + 2 < n_tiles:
-                    issue_kv_tile(k_desc, bt_row, start + 2 * BLOCK_N, col0, slot, kv_smem, rope_smem, ready,
-                                  PAGE_SIZE)
-                if t + 1 < n_tiles:
-                    s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it + 1, hi - start - BLOCK_N, True,
-                               box_l, s_mma)
-                    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             it += 1
 
         # Epilogue: a request wholly in this part writes out/lse; a cut one writes its fp32 partial.
@@ -254,8 +241,8 @@ def kv_descriptor(k_cache: torch.Tensor) -> TensorDescriptor:
     """The cache as TMA sees it: [num_blocks * page_size, heads_kv * 576], boxes of 64 tokens x 64 columns."""
     num_blocks, page_size, heads_kv, d = k_cache.shape
     flat = k_cache.view(num_blocks * page_size, heads_kv * d)
-    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N.value, BOX.value], gl.bfloat16 if k_cache.dtype == torch.bfloat16
-                                                  else gl.float16)
+    dtype = gl.bfloat16 if k_cache.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N.value, BOX.value], dtype)
     return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [BLOCK_N.value, BOX.value], layout)
 
 
@@ -267,8 +254,10 @@ def bind_decode_hopper(varying: tuple, q, k_cache, block_table, sched, out, lse,
     _, page_size, heads_kv, _ = k_cache.shape
     heads_per_kv = heads_q // heads_kv
     rows = seq_q * heads_per_kv
+    if rows > BLOCK_M.value:  # several 64-row blocks: compute-bound, the warp-specialized seesaw kernel
+        return bind_decode_seesaw(varying, q, k_cache, block_table, sched, out, lse, softmax_scale, causal)
     grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
     fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
              seq_q, heads_per_kv, block_table.shape[1] * page_size,
-             page_size, causal, PLAN_TILE, SCHED_ROW, NUM_STAGES.value, grid[0] > 1)
+             page_size, causal, PLAN_TILE, SCHED_ROW, NUM_STAGES.value)
     return BoundKernel(mla_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))

@@ -1,32 +1,33 @@
-"""EXPERIMENT (not wired into the API): a warp-specialized Gluon MLA decode kernel with FlashMLA's "seesaw" schedule.
-Written against the launch contract from before issue 8 (JIT launch, separate combine kernel): run it from commit
-0229004. Porting it to decode_hopper.bind_decode_hopper belongs to issue 9.
-Run it through experiments/seesaw_run.py.
-Status and measurements: NOTES.md, run 10 (faster than the shipped Hopper kernel where compute-bound, but
-erratic at sk 4096 and racecheck is not clean, so it is not shipped).
+"""Hopper (SM90) MLA decode kernel for many query rows (several 64-row blocks): FlashMLA's "seesaw" schedule in
+Gluon, warp-specialized. Same plan walk, split-KV partials, causal mask and combine as decode_hopper.
 
 Math (online softmax, log2 domain), per query row and the keys k_j of its request, V = k_j[:512]:
     s_j = scale*log2e * q.k_j,  m' = max(m, rowmax s),  l' = l 2^(m-m') + sum_j 2^(s_j-m'),
     o' = o 2^(m-m') + sum_j 2^(s_j-m') v_j;   out = o / l,  lse = (m + log2 l) ln 2.
 
-Seesaw (FlashMLA's deep-dive, docs/20250422-new-kernel-deep-dive.md): the 64 x 512 fp32 output is split into
-O_L (columns 0..255, warpgroup 0) and O_R (256..511, warpgroup 1). KV tiles come in pairs (A, B); each
-warpgroup computes the full 64 x 64 scores of its own tile (wgmma N = 64, not 32), so S costs half the shared
-memory traffic of splitting one tile over both warpgroups. Per pair, with m the shared running max:
+Seesaw (FlashMLA, docs/20250422-new-kernel-deep-dive.md): the 64 x 512 fp32 output is split into O_L (columns
+0..255, warpgroup 0) and O_R (256..511, warpgroup 1). KV tiles come in pairs (A, B); each warpgroup computes the
+full 64 x 64 scores of its own tile (wgmma N = 64), so the two S products run at the same time. Per pair, with m
+the running max both warpgroups share:
     [0] S_A = Q K_A^T;  m_A = max(m, rowmax S_A);  P_A = 2^(S_A - m_A);  O_L = O_L 2^(m - m_A) + P_A V_A,L
     [1] S_B = Q K_B^T;  m_B = max(m_A, rowmax S_B);  P_B = 2^(S_B - m_B);
         O_R = O_R 2^(m - m_B) + P_B V_B,R + (P_A 2^(m_A - m_B)) V_A,R
     [0] O_L = O_L 2^(m_A - m_B) + P_B V_B,L;   m = m_B
-Each warpgroup keeps its own row sum l (of the P it made) and the two are added at the end. A warpgroup's own
-P is the register A operand of its wgmma; the other's arrives through shared memory, written over the RoPE box
-of its K tile (no longer needed once S is done). The softmax of one warpgroup overlaps the other's wgmmas.
+Each warpgroup keeps the row sum l of the P it made; the two are added at the end. A warpgroup's own P is the
+register A operand of its wgmma; the other's comes through shared memory, written over the RoPE box of its K
+tile (no longer needed once S is done). The softmax of one warpgroup overlaps the other's wgmmas.
 
-Partitions: warpgroup 0 (default), warpgroup 1, and one producer warp issuing TMA. Tile A of each pair lives
-in ring slot 0, tile B in slot 1; each slot is 9 boxes of 64 tokens x 64 columns with one mbarrier per box, so
-S starts as the first box lands. A slot is refilled in two groups, each as soon as its last reader is done: the
-V half only its owner reads (released mid-pair), then the other half and the RoPE box / P.
+Partitions: warpgroup 0 (default), warpgroup 1, and one producer warp issuing TMA. Tile A of each pair lives in
+ring slot 0, tile B in slot 1; a slot is 9 boxes of 64 tokens x 64 columns with one mbarrier per box, so S starts
+as the first box lands. A slot is refilled in two groups, each as soon as its last reader is done: the V half
+only its owner reads (released mid-pair), then the other half and the RoPE box / P.
+
+Hand-offs between the warpgroups (m_A, m_B, P_A, the row sums, Q) go through hardware named barriers over the
+256 consumer threads (`bar.arrive` by the writers, `bar.sync` by the readers, as FlashMLA's NamedBarrier): every
+writing thread arrives itself, so each write is ordered before the reads by the barrier (PTX memory model), not
+by another thread's release. Writers of what a wgmma reads (P, zeroed tails, Q) fence the async proxy first.
 Tail tiles (unused cache slots may hold NaN, and 0 * NaN would poison P V) are zeroed in shared memory by the
-warpgroup that owns the tile, before anyone uses them.
+warpgroup that owns the tile before anyone uses them.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from tritonmla.kernels.decode_hopper import kv_descriptor  # same TMA view and boxes
-from tritonmla.kernels.decode import D_QK, D_V, LOG2E, PLAN_TILE, SCHED_ROW, table_and_output_strides
+from .constants import D_QK, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
+from .decode import fixed_strides
+from .launch import BoundKernel
 
 BLOCK_M = gl.constexpr(64)  # query rows per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per KV tile: one TMA box height, = PLAN_TILE
@@ -46,15 +48,45 @@ HALF = gl.constexpr(D_V // 2)  # output columns per warpgroup
 QK_BOXES = gl.constexpr(D_QK // BOX.value)  # 9
 V_BOXES = gl.constexpr(D_V // BOX.value)  # 8
 HALF_BOXES = gl.constexpr(V_BOXES.value // 2)  # 4
-LN2 = gl.constexpr(0.6931471805599453)
 NUM_WARPS = 4  # per consumer warpgroup (the default partition); the kernel runs 4 + 4 + 1 warps
 MAXNREG = 168  # 12 warps (rounded up) x 168 = the register file; re-split as 240 / 240 / 24
+STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay every writer of a hand-off; 0 in use
 CONSUMER_REGS = gl.constexpr(240)
 PRODUCER_REGS = gl.constexpr(24)
-# handoff mbarriers (count 1 = one arrive by the sending warpgroup, or count 2 = both meet)
-M_A, M_B, P_A = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)  # per pair, one sender
-Q_FREE, Q_READY, L_READY = gl.constexpr(3), gl.constexpr(4), gl.constexpr(5)  # per request, both meet
-NUM_HANDOFF = gl.constexpr(6)
+# Named barriers over both consumer warpgroups. Triton's warp_specialize uses ids 0 and 1 and one per partition
+# from 2; ids 8-11 are ours. "sync" waits for all 256 threads, "arrive" counts this warpgroup and goes on. Not the
+# .aligned forms (`bar.sync`/`bar.arrive`): those require every participating thread to execute the same
+# instruction, and here the two warpgroups reach a barrier from different code (compute-sanitizer synccheck flags
+# `bar.sync` met at two program counters: experiments/racecheck_named_barrier.py, NOTES.md run 12).
+SYNC_BOTH = gl.constexpr("barrier.sync 8, 256;")  # both warpgroups meet (Q stored, row sums stored)
+ARRIVE_M_A = gl.constexpr("barrier.arrive 9, 256;")  # warpgroup 0 -> 1: m_A stored, tile A zeroed
+SYNC_M_A = gl.constexpr("barrier.sync 9, 256;")
+ARRIVE_M_B = gl.constexpr("barrier.arrive 10, 256;")  # warpgroup 1 -> 0: m_B and P_B stored, tile B zeroed
+SYNC_M_B = gl.constexpr("barrier.sync 10, 256;")
+ARRIVE_P_A = gl.constexpr("barrier.arrive 11, 256;")  # warpgroup 0 -> 1: P_A stored
+SYNC_P_A = gl.constexpr("barrier.sync 11, 256;")
+
+
+@gluon.jit
+def named_barrier(ASM: gl.constexpr):
+    """Run `barrier.sync` / `barrier.arrive` (ASM) once in each of this warpgroup's 128 threads. (Gluon 3.6 has no named
+    barrier: an elementwise inline asm over a 128-element tensor with one element per thread does it; it is not
+    pure, so it is neither removed nor moved across the shared-memory accesses around it.)"""
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    gl.inline_asm_elementwise(ASM + " mov.b32 $0, $1;", "=r,r", [gl.arange(0, 128, one_per_thread)],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def stall(STRESS_DELAY_NS: gl.constexpr):
+    """Tests only (compiled out at 0): each thread sleeps a different 0..STRESS_DELAY_NS ns before it writes what
+    the other warpgroup reads, and before it reads what the other warpgroup writes next, so a hand-off that did not
+    order every writer before the readers (or every reader before the next writer) would show (test_gpu.py)."""
+    if STRESS_DELAY_NS > 0:
+        one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+        ns = (gl.arange(0, 128, one_per_thread) * 40503 + gl.program_id(2) * 977) % STRESS_DELAY_NS
+        gl.inline_asm_elementwise("nanosleep.u32 $1; mov.b32 $0, $1;", "=r,r", [ns], dtype=gl.int32, is_pure=False,
+                                  pack=1)
 
 
 @gluon.jit
@@ -124,36 +156,23 @@ def kv_producer(k_desc, kv_smem, rope_smem, ready, empty, BLOCK_TABLE, SEQLENS, 
 
 
 @gluon.jit
-def meet(bar, phase):
-    """Both warpgroups reach this point (bar has count 2) before either goes on."""
-    gl.thread_barrier()  # the whole warpgroup is here (and its shared-memory writes are done)
-    mbarrier.arrive(bar)
-    mbarrier.wait(bar, phase)
-
-
-@gluon.jit
-def signal(bar):
-    """Tell the other warpgroup that this warpgroup's shared-memory writes so far are done."""
-    gl.thread_barrier()
-    mbarrier.arrive(bar)
-
-
-@gluon.jit
 def release(empty, slot: gl.constexpr, group: gl.constexpr, pred):
-    """This warpgroup is done with box group `group` of `slot` (see issue_boxes): the producer may refill it."""
+    """This warpgroup is done with box group `group` of `slot` (see issue_boxes): the producer may refill it. The
+    reads were wgmma's (async proxy, complete at their wait in every thread); the partition barrier orders every
+    thread's wait before the one thread's arrive."""
     gl.thread_barrier()
     mbarrier.arrive(empty.index(slot * 2 + group), pred=pred)
 
 
 @gluon.jit
-def wait_boxes(ready, slot, first: gl.constexpr, count: gl.constexpr, phase):
+def wait_boxes(ready, slot: gl.constexpr, first: gl.constexpr, count: gl.constexpr, phase):
     for c in gl.static_range(count):
         mbarrier.wait(ready.index(slot * QK_BOXES + first + c), phase)
 
 
 @gluon.jit
 def score_box(s, q_nope, q_rope, kv_smem, rope_smem, ready, slot: gl.constexpr, c: gl.constexpr, phase, valid,
-              keep, box_l: gl.constexpr):
+              keep, box_l: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
     """S += Q[:, box c] K[:, box c]^T once box c of the tile in `slot` has landed (zeroing rows >= valid)."""
     mbarrier.wait(ready.index(slot * QK_BOXES + c), phase)
     if c < V_BOXES:
@@ -164,6 +183,7 @@ def score_box(s, q_nope, q_rope, kv_smem, rope_smem, ready, slot: gl.constexpr, 
         q_box = q_rope
     if valid < BLOCK_N:
         x = box.load(box_l)
+        stall(STRESS_DELAY_NS)
         box.store(gl.where(keep, x, gl.zeros_like(x)))
         fence_async_shared()  # generic-proxy writes, read next by wgmma (async proxy)
         gl.thread_barrier()
@@ -172,13 +192,14 @@ def score_box(s, q_nope, q_rope, kv_smem, rope_smem, ready, slot: gl.constexpr, 
 
 @gluon.jit
 def tile_scores(q_nope, q_rope, kv_smem, rope_smem, ready, slot: gl.constexpr, phase, valid, box_l: gl.constexpr,
-                s_mma: gl.constexpr):
+                s_mma: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
     """S = Q K^T of the tile in `slot`, one wgmma per box as it lands, in the producer's order."""
     s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma)
     keep = gl.expand_dims(gl.arange(0, BLOCK_N, gl.SliceLayout(1, box_l)) < valid, 1)
     for i in gl.static_range(QK_BOXES):
         s = score_box(s, q_nope, q_rope, kv_smem, rope_smem, ready, slot,
-                      (i + slot * HALF_BOXES) % V_BOXES if i < V_BOXES else V_BOXES, phase, valid, keep, box_l)
+                      (i + slot * HALF_BOXES) % V_BOXES if i < V_BOXES else V_BOXES, phase, valid, keep, box_l,
+                      STRESS_DELAY_NS)
     return warpgroup_mma_wait(num_outstanding=0, deps=(s,))
 
 
@@ -191,9 +212,9 @@ def safe(m):
 @gluon.jit
 def seesaw_consumer(
     ROLE: gl.constexpr, Q, SEQLENS, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
-    q_nope, q_rope, kv_smem, rope_smem, row_smem, ready, empty, handoff,
+    q_nope, q_rope, kv_smem, rope_smem, row_smem, ready, empty,
     qk_scale_log2, strides, seq_q, heads_per_kv, seqlen_cap,
-    CAUSAL: gl.constexpr, SCHED_ROW: gl.constexpr,
+    CAUSAL: gl.constexpr, SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr,
 ):
     """Warpgroup ROLE (0 or 1): owns output columns [ROLE*256, ROLE*256 + 256) and tile A (0) / B (1) of each
     pair; see the module docstring for the schedule."""
@@ -227,26 +248,25 @@ def seesaw_consumer(
     begin_req, begin_tile, end_req, end_tile, begin_split = part_range(SCHED, SCHED_ROW)
     uses_a = 0  # uses of ring slot 0 / 1 so far (the phase of their `ready` barriers)
     uses_b = 0
-    pairs = 0  # pairs done so far (the phase of the per-pair handoff barriers)
-    reqs = 0  # requests done so far (the phase of the per-request meeting barriers)
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
         seqlen, lo, hi, n_tiles = tile_range(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap)
         has_work = (hi > lo) | (seqlen == 0)
         key_end = gl.expand_dims(seqlen - key_shift, 1)
 
-        # Q of this request: each warpgroup stores half of the boxes, once both are done with the last one's.
-        meet(handoff.index(Q_FREE), reqs & 1)
+        # Q of this request: each warpgroup stores half of the boxes. Both finished every wgmma on the previous
+        # request's Q before they met at its row sums (SYNC_BOTH below), so Q is free.
         q_base = Q + b64 * stride_qb + gl.expand_dims(q_off, 1)
         for c in gl.static_range(QK_BOXES):
             if c % 2 == ROLE:
                 x = gl.load(q_base + gl.expand_dims(c * BOX + q_cols, 0), mask=row_ok_q, other=0.0)
+                stall(STRESS_DELAY_NS)
                 if c < V_BOXES:
                     q_nope.slice(c * BOX, BOX, 1).store(x)
                 else:
                     q_rope.store(x)
         fence_async_shared()
-        meet(handoff.index(Q_READY), reqs & 1)
+        named_barrier(SYNC_BOTH)
 
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, s_row)
         l_i = gl.zeros([BLOCK_M], gl.float32, s_row)
@@ -257,14 +277,15 @@ def seesaw_consumer(
             has_b = start_b < hi
             phase_a = uses_a & 1
             phase_b = uses_b & 1
-            phase_pair = pairs & 1
             if ROLE == 0:
-                s = tile_scores(q_nope, q_rope, kv_smem, rope_smem, ready, 0, phase_a, hi - start_a, box_l, s_mma)
+                s = tile_scores(q_nope, q_rope, kv_smem, rope_smem, ready, 0, phase_a, hi - start_a, box_l, s_mma,
+                                STRESS_DELAY_NS)
                 tok = gl.expand_dims(start_a + s_cols, 0)
                 s = gl.where((tok < hi) & (tok < key_end), s * qk_scale_log2, float("-inf"))
                 m_a = gl.maximum(m_i, gl.max(s, 1))
+                stall(STRESS_DELAY_NS)
                 row_smem[0].store(m_a)
-                signal(handoff.index(M_A))
+                named_barrier(ARRIVE_M_A)
                 scale_a = gl.exp2(m_i - safe(m_a))
                 p = gl.exp2(s - gl.expand_dims(safe(m_a), 1))
                 l_i = l_i * scale_a + gl.sum(p, 1)
@@ -272,12 +293,14 @@ def seesaw_consumer(
                 o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op), kv_smem.index(0).slice(0, HALF, 1), o,
                                   is_async=True)
                 # m_B from warpgroup 1; P_A, rescaled to it, goes over the RoPE box of tile A for O_R.
-                mbarrier.wait(handoff.index(M_B), phase_pair)
+                named_barrier(SYNC_M_B)
+                stall(STRESS_DELAY_NS)  # a reader late to read: what a hand-off must also order
                 m_b = row_smem[1].load(s_row)
                 scale_b = gl.exp2(m_a - safe(m_b))
+                stall(STRESS_DELAY_NS)
                 rope_smem.index(0).store((p * gl.expand_dims(scale_b, 1)).to(dtype))
                 fence_async_shared()
-                signal(handoff.index(P_A))
+                named_barrier(ARRIVE_P_A)
                 o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
                 release(empty, 0, 0, True)  # tile A's left half: only this warpgroup reads it
                 o = o * gl.expand_dims(gl.convert_layout(scale_b, o_row), 1)
@@ -292,26 +315,28 @@ def seesaw_consumer(
                 s = gl.full([BLOCK_M, BLOCK_N], float("-inf"), gl.float32, s_mma)
                 if has_b:
                     s = tile_scores(q_nope, q_rope, kv_smem, rope_smem, ready, 1, phase_b, hi - start_b, box_l,
-                                    s_mma)
+                                    s_mma, STRESS_DELAY_NS)
                     tok = gl.expand_dims(start_b + s_cols, 0)
                     s = gl.where((tok < hi) & (tok < key_end), s * qk_scale_log2, float("-inf"))
-                mbarrier.wait(handoff.index(M_A), phase_pair)
+                named_barrier(SYNC_M_A)
                 wait_boxes(ready, 0, HALF_BOXES, HALF_BOXES, phase_a)  # tile A landed (and zeroed) by now
+                stall(STRESS_DELAY_NS)  # a reader late to read: what a hand-off must also order
                 m_a = row_smem[0].load(s_row)
                 m_b = gl.maximum(m_a, gl.max(s, 1))
                 p = gl.exp2(s - gl.expand_dims(safe(m_b), 1))  # all 0 without tile B
+                stall(STRESS_DELAY_NS)
                 if has_b:
                     rope_smem.index(1).store(p.to(dtype))
                     fence_async_shared()
                 row_smem[1].store(m_b)
-                signal(handoff.index(M_B))
+                named_barrier(ARRIVE_M_B)
                 scale = gl.exp2(m_i - safe(m_b))  # = 2^(m - m_A) 2^(m_A - m_B)
                 l_i = l_i * scale + gl.sum(p, 1)
                 o = o * gl.expand_dims(gl.convert_layout(scale, o_row), 1)
                 # Without tile B, p is 0 and the V operand is tile A's (finite: tails are zeroed), not slot 1's.
                 o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op),
                                   kv_smem.index(has_b.to(gl.int32)).slice(HALF, HALF, 1), o, is_async=True)
-                mbarrier.wait(handoff.index(P_A), phase_pair)
+                named_barrier(SYNC_P_A)
                 o = warpgroup_mma(rope_smem.index(0), kv_smem.index(0).slice(HALF, HALF, 1), o, is_async=True)
                 o = warpgroup_mma_wait(num_outstanding=1, deps=(o,))
                 release(empty, 1, 0, has_b)  # tile B's right half: only this warpgroup reads it
@@ -320,13 +345,14 @@ def seesaw_consumer(
                 m_i = m_b
             uses_a += 1
             uses_b += has_b.to(gl.int32)
-            pairs += 1
 
-        # Epilogue: l = l_A-side + l_B-side; a request wholly in this part writes out/lse, a cut one its partial.
+        # Epilogue: l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out/lse, a cut
+        # one its partial.
+        stall(STRESS_DELAY_NS)
         row_smem[2 + ROLE].store(l_i)
-        meet(handoff.index(L_READY), reqs & 1)
+        named_barrier(SYNC_BOTH)
+        stall(STRESS_DELAY_NS)
         l_i = l_i + row_smem[3 - ROLE].load(s_row)
-        reqs += 1
         row_seen = l_i > 0.0
         l_safe = gl.where(row_seen, l_i, 1.0)
         lse2 = gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf"))
@@ -355,8 +381,8 @@ def seesaw_consumer(
                          gl.convert_layout(lse2, o_row), mask=partial)
 
 
-@gluon.jit
-def mla_decode_hopper_kernel(
+@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
+def mla_decode_seesaw_kernel(
     Q, k_desc, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
     qk_scale_log2,
@@ -368,7 +394,7 @@ def mla_decode_hopper_kernel(
     stride_pls, stride_plh,
     seq_q, heads_per_kv, seqlen_cap,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-    num_warps: gl.constexpr,
+    STRESS_DELAY_NS: gl.constexpr, num_warps: gl.constexpr,
 ):
     gl.static_assert(PLAN_TILE == BLOCK_N, "the plan cuts requests at 64-token tiles")
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -380,27 +406,26 @@ def mla_decode_hopper_kernel(
     q_rope = gl.allocate_shared_memory(dtype, [BLOCK_M, BOX], box_smem)
     kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, V_BOXES * BOX], wide_smem)
     rope_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BOX], box_smem)  # then P_A / P_B
+    # m_A, m_B, l of warpgroup 0, l of warpgroup 1
     row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    row_smem = (gl.allocate_shared_memory(gl.float32, [BLOCK_M], row_l),  # m_A, m_B, l of warpgroup 0 / 1
+    row_smem = (gl.allocate_shared_memory(gl.float32, [BLOCK_M], row_l),
                 gl.allocate_shared_memory(gl.float32, [BLOCK_M], row_l),
                 gl.allocate_shared_memory(gl.float32, [BLOCK_M], row_l),
                 gl.allocate_shared_memory(gl.float32, [BLOCK_M], row_l))
     ready = gl.allocate_shared_memory(gl.int64, [2 * QK_BOXES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())  # [slot * 2 + group]
-    handoff = gl.allocate_shared_memory(gl.int64, [NUM_HANDOFF, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2 * QK_BOXES):
         mbarrier.init(ready.index(i), count=1)
     for i in gl.static_range(4):
         mbarrier.init(empty.index(i), count=1)
-    for i in gl.static_range(NUM_HANDOFF):
-        mbarrier.init(handoff.index(i), count=2 if i >= Q_FREE else 1)
     fence_async_shared()
 
     strides = (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
                stride_ps, stride_ph, stride_pr, stride_pls, stride_plh)
     consumer_args = (Q, SEQLENS, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
-                     q_nope, q_rope, kv_smem, rope_smem, row_smem, ready, empty, handoff,
-                     qk_scale_log2, strides, seq_q, heads_per_kv, seqlen_cap, CAUSAL, SCHED_ROW)
+                     q_nope, q_rope, kv_smem, rope_smem, row_smem, ready, empty,
+                     qk_scale_log2, strides, seq_q, heads_per_kv, seqlen_cap, CAUSAL, SCHED_ROW,
+                     STRESS_DELAY_NS)
     gl.warp_specialize([
         (seesaw_consumer, (0,) + consumer_args),
         (seesaw_consumer, (1,) + consumer_args),
@@ -409,20 +434,15 @@ def mla_decode_hopper_kernel(
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def launch_decode_hopper(q, k_cache, block_table, cache_seqlens, sched, num_splits, out, lse, out_partial,
-                         lse_partial, softmax_scale: float, causal: bool):
-    """Same contract as tritonmla.kernels.decode.launch_decode; grid = (64-row blocks, KV heads, parts)."""
+def bind_decode_seesaw(varying: tuple, q, k_cache, block_table, sched, out, lse, softmax_scale: float,
+                       causal: bool) -> BoundKernel:
+    """mla_decode_seesaw_kernel for one configuration (same contract as decode_hopper.bind_decode_hopper)."""
     batch, seq_q, heads_q, _ = q.shape
     _, page_size, heads_kv, _ = k_cache.shape
     heads_per_kv = heads_q // heads_kv
-    grid = (triton.cdiv(seq_q * heads_per_kv, BLOCK_M.value), heads_kv, sched.shape[0])
-    return mla_decode_hopper_kernel[grid](
-        q, kv_descriptor(k_cache), block_table, cache_seqlens, sched, num_splits,
-        out, lse, out_partial, lse_partial,
-        softmax_scale * LOG2E,
-        q.stride(0), q.stride(1), q.stride(2),
-        *table_and_output_strides(block_table, out, lse, out_partial, lse_partial),
-        seq_q, heads_per_kv, block_table.shape[1] * page_size,
-        PAGE_SIZE=page_size, CAUSAL=causal, PLAN_TILE=PLAN_TILE, SCHED_ROW=SCHED_ROW,
-        num_warps=NUM_WARPS, maxnreg=MAXNREG,
-    )
+    rows = seq_q * heads_per_kv
+    grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
+    fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
+             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             page_size, causal, PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)
+    return BoundKernel(mla_decode_seesaw_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS, maxnreg=MAXNREG))

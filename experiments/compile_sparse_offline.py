@@ -1,0 +1,74 @@
+"""Compile the sparse decode kernel (tritonmla.sparse.kernel) and the sink-aware combine for sm_90 on a machine
+without a GPU (frontend + ptxas, no launch): catches compile errors and shows shared memory and spills before
+spending device time. TRITONMLA_SPARSE_CONFIG="block_m,block_n,warps,stages,programs_per_sm" picks the tiles.
+Run: PYTHONPATH=. python experiments/compile_sparse_offline.py"""
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from tritonmla.combine import combine as C
+from tritonmla.sparse import kernel as K
+from tritonmla.sparse.quant import MODEL1, V32
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def resources(k) -> str:
+    """Registers and spill bytes of the cubin (cuobjdump -res-usage), what ptxas allocated."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    return f"{found.group(1)} regs, stack {found.group(2)} B, local {found.group(4)} B" if found else usage.strip()
+
+
+def compile_decode(layout, heads_q, dtype="bf16", page=64, page2=64, has=(True, True, True, True)):
+    fn = K.sparse_decode_kernel
+    names = fn.arg_names
+    cfg = K.sparse_launch_config(heads_q)
+    ptr = {"Q": f"*{dtype}", "OUT": f"*{dtype}", "K": "*u8", "K2": "*u8", "INDICES": "*i32", "TOPK_LEN": "*i32",
+           "INDICES2": "*i32", "TOPK_LEN2": "*i32", "SINK": "*fp32", "SCHED": "*i32", "NUM_SPLITS": "*i32",
+           "LSE": "*fp32", "OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32"}
+    const = dict(IS_V32=layout is V32, D_NOPE=layout.d_nope, D_ROPE=layout.d_rope, GROUP=layout.group,
+                 NUM_SCALES=layout.num_scales, ROW_BYTES=layout.row_bytes, PAGE_SIZE=page, PAGE_SIZE2=page2,
+                 HAS_LEN=has[0], HAS_EXTRA=has[1], HAS_LEN2=has[2], HAS_SINK=has[3], D_V=512,
+                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PLAN_TILE=64, SCHED_ROW=8, DOT_F32=False)
+    sig = {n: ptr.get(n) or ("constexpr" if n in const else "fp32" if n == "qk_scale_log2" else "i32")
+           for n in names}
+    # What a real launch specializes on: 16-byte aligned pointers, strides divisible by 16 (s_q = 1 or 2 aside).
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if n in ptr or (n.startswith("stride_") and n != "stride_lh")}
+    k = triton.compile(ASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}, attrs), target=TARGET,
+                       options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    loads = collections.Counter(re.findall(r"ld\.global[.\w]*", k.asm["ptx"]))
+    print(f"{layout.name} h_q {heads_q} {dtype} page {page}/{page2} has {has} {cfg}: shared {k.metadata.shared} B, "
+          f"{resources(k)}, wgmma {len(re.findall(r'wgmma.mma_async', k.asm['ptx']))}, loads {dict(loads)}")
+
+
+def compile_combine():
+    fn = C.mla_combine_sink_kernel
+    names = fn.arg_names
+    const = dict(D_V=512, HAS_SINK=True, RNE_BF16=False)
+    ptr = {"OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32", "NUM_SPLITS": "*i32", "SINK": "*fp32", "OUT": "*bf16",
+           "LSE": "*fp32"}
+    sig = {n: ptr.get(n) or ("constexpr" if n in const else "i32") for n in names}
+    triton.compile(ASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}), target=TARGET,
+                   options={"num_warps": 4})
+    print("combine (sink): ok")
+
+
+if __name__ == "__main__":
+    compile_combine()
+    for lay in (V32, MODEL1):
+        for h in (16, 64, 128):
+            compile_decode(lay, h)
+    compile_decode(V32, 64, page=61, page2=2, has=(False, False, False, False))
+    compile_decode(MODEL1, 20, dtype="fp16", page=576, page2=2)
