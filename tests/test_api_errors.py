@@ -1,5 +1,5 @@
-"""Misuse raises TypeError/ValueError naming the argument; unimplemented FlashMLA features raise
-NotImplementedError. These run anywhere: checks happen before any kernel."""
+"""Misuse raises TypeError/ValueError naming the argument (dense and sparse decoding); unimplemented FlashMLA
+features (a dense FP8 cache) raise NotImplementedError. These run anywhere: checks happen before any kernel."""
 from __future__ import annotations
 
 import pytest
@@ -76,14 +76,78 @@ def test_sched_meta_with_num_splits_is_rejected(good):
 
 
 @pytest.mark.parametrize("feature", [
-    dict(is_fp8_kvcache=True), dict(indices=torch.zeros(2, 2, 8, dtype=torch.int32)),
     dict(attn_sink=torch.zeros(4)), dict(topk_length=torch.zeros(2, dtype=torch.int32)),
     dict(extra_k_cache=torch.zeros(1)), dict(extra_indices_in_kvcache=torch.zeros(1)),
     dict(extra_topk_length=torch.zeros(1)),
 ])
-def test_unimplemented_features_say_so(good, feature):
-    with pytest.raises(NotImplementedError, match=next(iter(feature))):
+def test_sparse_only_arguments_without_indices_are_named(good, feature):
+    with pytest.raises(ValueError, match=next(iter(feature))):
         call(good, **feature)
+
+
+def test_dense_fp8_cache_says_not_implemented(good):
+    with pytest.raises(NotImplementedError, match="is_fp8_kvcache"):
+        call(good, is_fp8_kvcache=True)
+
+
+# --- sparse decoding (indices given) -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sparse():
+    from tritonmla.bench.sparse import make_sparse_inputs
+    x = make_sparse_inputs(2, 1, 4, 576, 16, 8, 32, extra=(8, 4, 16), have_topk_length=True,
+                           have_extra_topk_length=True, dtype=torch.bfloat16, device="cpu", seed=0)
+    return dict(q=x.q, k_cache=x.k_cache, block_table=None, cache_seqlens=None, head_dim_v=512,
+                tile_scheduler_metadata=None, **x.kwargs())
+
+
+def sparse_call(args, **change):
+    args = {**args, **change}
+    if args["tile_scheduler_metadata"] is None:
+        args["tile_scheduler_metadata"] = tritonmla.get_mla_metadata()[0]
+    return tritonmla.flash_mla_with_kvcache(**args)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: dict(causal=True), ValueError, "causal must be False for sparse"),
+    (lambda a: dict(is_fp8_kvcache=False), ValueError, "is_fp8_kvcache=True"),
+    (lambda a: dict(q=a["q"].float()), TypeError, "q must have dtype"),
+    (lambda a: dict(q=a["q"][..., :500]), ValueError, "head_dim must be 576 .* or 512"),
+    (lambda a: dict(q=torch.zeros(2, 1, 4, 512, dtype=torch.bfloat16)), ValueError, "last dim must be 584"),
+    (lambda a: dict(k_cache=a["k_cache"].view(torch.uint8).to(torch.bfloat16)), TypeError, "k_cache must have dtype"),
+    (lambda a: dict(k_cache=a["k_cache"][..., :600]), ValueError, "k_cache last dim must be 656"),
+    (lambda a: dict(k_cache=a["k_cache"].expand(-1, -1, 2, -1)), ValueError, "1 KV head"),
+    (lambda a: dict(k_cache=a["k_cache"][0]), ValueError, "k_cache must be 4-D"),
+    (lambda a: dict(k_cache=a["k_cache"][:, ::2]), ValueError, "rows must be contiguous"),
+    (lambda a: dict(indices=a["indices"].long()), TypeError, "indices must have dtype int32"),
+    (lambda a: dict(indices=a["indices"][0]), ValueError, "indices must be 3-D"),
+    (lambda a: dict(indices=a["indices"][:1]), ValueError, "indices must be \\[batch=2"),
+    (lambda a: dict(indices=a["indices"][..., ::2]), ValueError, "indices must be contiguous in its last"),
+    (lambda a: dict(indices=a["indices"].tolist()), TypeError, "indices must be a torch.Tensor"),
+    (lambda a: dict(topk_length=a["topk_length"][:1]), ValueError, "topk_length must be \\[batch=2\\]"),
+    (lambda a: dict(topk_length=a["topk_length"].long()), TypeError, "topk_length must have dtype int32"),
+    (lambda a: dict(attn_sink=torch.zeros(3)), ValueError, "attn_sink must be \\[heads_q=4\\]"),
+    (lambda a: dict(attn_sink=torch.zeros(4, dtype=torch.float64)), TypeError, "attn_sink must have dtype float32"),
+    (lambda a: dict(extra_k_cache=None), ValueError, "needs extra_k_cache"),
+    (lambda a: dict(extra_indices_in_kvcache=None), ValueError, "extra_k_cache needs extra_indices_in_kvcache"),
+    (lambda a: dict(extra_k_cache=a["extra_k_cache"][..., :584]), ValueError, "extra_k_cache last dim must be 656"),
+    (lambda a: dict(extra_indices_in_kvcache=a["extra_indices_in_kvcache"][:, :, None]), ValueError,
+     "extra_indices_in_kvcache must be 3-D"),
+    (lambda a: dict(extra_topk_length=a["extra_topk_length"].float()), TypeError, "extra_topk_length must have"),
+    (lambda a: dict(head_dim_v=576), ValueError, "head_dim_v must be 512"),
+    (lambda a: dict(softmax_scale="x"), TypeError, "softmax_scale"),
+    (lambda a: dict(kernel="hopper"), ValueError, "kernel='hopper' cannot run sparse"),
+    (lambda a: dict(tile_scheduler_metadata=torch.zeros(4, 8, dtype=torch.int32)), TypeError,
+     "FlashMLASchedMeta"),
+])
+def test_sparse_bad_input_is_named(sparse, change, error, match):
+    with pytest.raises(error, match=match):
+        sparse_call(sparse, **change(sparse))
+
+
+def test_sparse_meta_with_num_splits_is_rejected(sparse):
+    with pytest.raises(ValueError, match="num_splits must be None"):
+        sparse_call(sparse, num_splits=torch.zeros(3, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("args,error,match", [
@@ -126,3 +190,11 @@ def test_kernel_env_var_is_checked(good, monkeypatch):
     monkeypatch.setenv("TRITONMLA_KERNEL", "gluon")
     with pytest.raises(ValueError, match="TRITONMLA_KERNEL must be one of"):
         call(good)
+
+
+def test_sparse_cache_at_an_unaligned_address_is_refused(sparse):
+    raw = torch.zeros(sparse["k_cache"].numel() + 1, dtype=torch.uint8)
+    shifted = raw[1:].view(sparse["k_cache"].shape)  # contiguous, one byte off
+    shifted.copy_(sparse["k_cache"].view(torch.uint8))
+    with pytest.raises(ValueError, match="k_cache must start at a 4-byte aligned address"):
+        sparse_call(sparse, k_cache=shifted)

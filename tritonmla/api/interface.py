@@ -1,4 +1,5 @@
-"""Public API, a drop-in for deepseek-ai/FlashMLA's `flash_mla` module (dense decoding).
+"""Public API, a drop-in for deepseek-ai/FlashMLA's `flash_mla` module (dense decoding, and sparse decoding over
+FP8 caches: tritonmla.sparse).
 
     sched, splits = get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)   # FlashMLA's original form
     out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched, splits, causal=True)
@@ -13,6 +14,7 @@ Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) wa
 lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.api.calls); the
 argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under
 torch.compile and other tracing the same work goes through torch.library custom ops (tritonmla.api.op).
+Sparse calls (indices given) are cached the same way (tritonmla.sparse.call); they have no custom op yet.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from typing import Optional, Union
 import torch
 
 from . import calls, op  # noqa: F401  (op registers torch.ops.tritonmla.*)
-from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors
+from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors, check_sparse_inputs
 from ..kernels import dispatch
 from ..scheduler.metadata import num_parts_for
+from ..sparse import call as sparse_call
 
 
 @dataclasses.dataclass
@@ -52,7 +55,8 @@ class FlashMLASchedMeta:
     config: Optional[Config] = None
     tile_scheduler_metadata: Optional[torch.Tensor] = None  # [num_parts, 8] int32
     num_splits: Optional[torch.Tensor] = None  # [batch + 1] int32
-    # The configuration (tritonmla.api.calls.DecodeCall) last checked against `config`: its calls skip the check.
+    # The configuration (tritonmla.api.calls.DecodeCall, or a sparse SparseCall) last checked against `config`:
+    # its calls skip the check.
     checked_call: Optional[object] = dataclasses.field(default=None, repr=False, compare=False)
 
 
@@ -89,17 +93,19 @@ def get_mla_metadata(
     return plan(cache_seqlens)
 
 
-def _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
-                          topk_length, extra_topk_length) -> None:
-    requested = {
-        "is_fp8_kvcache": bool(is_fp8_kvcache), "indices": indices is not None, "attn_sink": attn_sink is not None,
-        "extra_k_cache": extra_k_cache is not None, "extra_indices_in_kvcache": extra_indices_in_kvcache is not None,
-        "topk_length": topk_length is not None, "extra_topk_length": extra_topk_length is not None,
-    }
-    names = [name for name, on in requested.items() if on]
+def _reject_dense_extras(is_fp8_kvcache, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
+                         extra_topk_length) -> None:
+    """Dense decoding (no indices): FlashMLA's sparse-only arguments must be None."""
+    sparse_only = {"attn_sink": attn_sink, "extra_k_cache": extra_k_cache,
+                   "extra_indices_in_kvcache": extra_indices_in_kvcache, "topk_length": topk_length,
+                   "extra_topk_length": extra_topk_length}
+    names = [name for name, value in sparse_only.items() if value is not None]
     if names:
-        raise NotImplementedError(f"tritonmla does not implement {', '.join(names)} yet (FP8 KV caches, sparse "
-                                  "attention and attention sinks); dense bf16/fp16 decoding is supported")
+        raise ValueError(f"{', '.join(names)} apply to sparse decoding only: pass indices (and an FP8 k_cache "
+                         "with is_fp8_kvcache=True), or leave them None")
+    if is_fp8_kvcache:
+        raise NotImplementedError("is_fp8_kvcache=True without indices (dense decoding over an FP8 cache) is not "
+                                  "implemented; FP8 caches are supported for sparse decoding (indices given)")
 
 
 def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: torch.Tensor,
@@ -123,18 +129,23 @@ def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: tor
         meta.config = config
         meta.have_initialized = True
     elif meta.config != config:
-        diff = [f"{f.name}: {getattr(meta.config, f.name)} -> {getattr(config, f.name)}"
-                for f in dataclasses.fields(config) if getattr(meta.config, f.name) != getattr(config, f.name)]
-        raise ValueError("tile_scheduler_metadata (FlashMLASchedMeta) was planned for another configuration ("
-                         + "; ".join(diff) + "); use a fresh get_mla_metadata() for each configuration")
+        _config_mismatch(meta.config, config)
     return meta.tile_scheduler_metadata, meta.num_splits
+
+
+def _config_mismatch(planned: FlashMLASchedMeta.Config, config: FlashMLASchedMeta.Config) -> None:
+    diff = [f"{f.name}: {getattr(planned, f.name)} -> {getattr(config, f.name)}"
+            for f in dataclasses.fields(config) if getattr(planned, f.name) != getattr(config, f.name)]
+    raise ValueError("tile_scheduler_metadata (FlashMLASchedMeta) was planned for another configuration ("
+                     + ("; ".join(diff) or "another plan size") + "); use a fresh get_mla_metadata() for each "
+                     "configuration")
 
 
 def flash_mla_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    cache_seqlens: torch.Tensor,
+    block_table: Optional[torch.Tensor],
+    cache_seqlens: Optional[torch.Tensor],
     head_dim_v: int,
     tile_scheduler_metadata: Union[torch.Tensor, FlashMLASchedMeta],
     num_splits: Optional[torch.Tensor] = None,
@@ -158,6 +169,16 @@ def flash_mla_with_kvcache(
     tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens.
     kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
     (raise ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
+
+    Sparse decoding (indices given; FlashMLA's DeepSeek-V3.2 / MODEL1 mode): q [b, s_q, h_q, 576 or 512] bf16
+    (fp16 accepted); k_cache an FP8 cache [num_blocks, page_size, 1, 656 (V3.2) or 584 (MODEL1)]
+    (tritonmla.quantize_kv_cache); indices [b, s_q, topk] int32 = page_block * page_size + offset, -1 (or any
+    value outside the cache) unused; block_table / cache_seqlens ignored (None); is_fp8_kvcache=True,
+    causal=False; tile_scheduler_metadata a FlashMLASchedMeta (get_mla_metadata()), num_splits None. Optional:
+    topk_length [b] int32 (only the first n slots count), attn_sink [h_q] fp32 (out scaled by
+    exp(lse) / (exp(lse) + exp(sink)); lse unchanged), extra_k_cache + extra_indices_in_kvcache (+
+    extra_topk_length): more keys in the same softmax. Same outputs; queries with nothing to attend: out 0,
+    lse +inf.
     """
     if (is_fp8_kvcache is False and indices is None and attn_sink is None and extra_k_cache is None
             and extra_indices_in_kvcache is None and topk_length is None and extra_topk_length is None
@@ -175,6 +196,10 @@ def flash_mla_with_kvcache(
             call = None
         if call is not None and (meta is None or (num_splits is None and meta.checked_call is call)):
             return call(q, k_cache, block_table, cache_seqlens, sched, splits)
+    if indices is not None:
+        return _sparse_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
+                            is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
+                            topk_length, extra_topk_length, kernel)
     return _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
                          softmax_scale, causal, is_fp8_kvcache, indices, attn_sink, extra_k_cache,
                          extra_indices_in_kvcache, topk_length, extra_topk_length, kernel)
@@ -185,8 +210,8 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
                   topk_length, extra_topk_length, kernel):
     """A configuration's first call (checks, kernel choice, planning for FlashMLASchedMeta), and every call under
     torch.compile / tracing (through the custom op)."""
-    _reject_unimplemented(is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
-                          topk_length, extra_topk_length)
+    _reject_dense_extras(is_fp8_kvcache, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
+                         extra_topk_length)
     check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     if kernel is not None and not isinstance(kernel, str):
         raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
@@ -214,3 +239,49 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
     if meta is not None:
         meta.checked_call = call
     return call(q, k_cache, block_table, cache_seqlens, sched, splits)
+
+
+def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal, is_fp8_kvcache, indices,
+                 attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length, kernel):
+    """Sparse decoding (tritonmla.sparse): the configuration's call is looked up (checked and bound on its first
+    call); the FlashMLASchedMeta is planned on first use and its config checked once per configuration."""
+    if calls.tracing():
+        raise NotImplementedError("sparse decoding (indices) has no torch.compile / tracing support yet: call it "
+                                  "eagerly (CUDA-graph capture of eager calls works)")
+    try:
+        key = sparse_call.sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
+                                     extra_indices_in_kvcache, extra_topk_length, head_dim_v, softmax_scale, causal,
+                                     is_fp8_kvcache, kernel)
+        call = sparse_call.cached_sparse_call(key)
+    except (AttributeError, TypeError):  # not a tensor, or unhashable: the checks say so
+        key, call = None, None
+    if call is None:
+        check_sparse_inputs(q, k_cache, head_dim_v, softmax_scale, causal, is_fp8_kvcache, indices, attn_sink,
+                            extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length)
+        if kernel is not None and not isinstance(kernel, str):
+            raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
+        dispatch.requested_kernel(kernel)  # ValueError for a bad name (TRITONMLA_KERNEL=hopper: dense only)
+        if kernel == "hopper":
+            raise ValueError("kernel='hopper' cannot run sparse decoding: the portable kernel implements it")
+        scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
+                                       extra_indices_in_kvcache, extra_topk_length, scale)
+    if type(meta) is not FlashMLASchedMeta:
+        raise TypeError("sparse decoding (indices given) takes tile_scheduler_metadata from get_mla_metadata() "
+                        f"called with no arguments (a FlashMLASchedMeta), got {type(meta).__name__}")
+    if num_splits is not None:
+        raise ValueError("num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta")
+    if meta.checked_call is not call:
+        config = FlashMLASchedMeta.Config(q.shape[0], q.shape[1], q.shape[2], k_cache.shape[1], k_cache.shape[2],
+                                          causal, is_fp8_kvcache, indices.shape[-1],
+                                          extra_k_cache.shape[1] if extra_k_cache is not None else None,
+                                          extra_indices_in_kvcache.shape[-1] if extra_k_cache is not None else None)
+        if not meta.have_initialized:
+            meta.tile_scheduler_metadata, meta.num_splits = call.plan(topk_length, extra_topk_length)
+            meta.config = config
+            meta.have_initialized = True
+        elif meta.config != config or meta.tile_scheduler_metadata.shape[0] != call.num_parts:
+            _config_mismatch(meta.config, config)
+        meta.checked_call = call
+    return call(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices_in_kvcache,
+                extra_topk_length, meta.tile_scheduler_metadata, meta.num_splits)

@@ -4,6 +4,7 @@ LSE merge, in the log2 domain the decode kernel writes: with split i giving (o_i
     m = max_i lse_i,  w_i = 2^(lse_i - m),  o = sum_i w_i o_i / sum_i w_i,  lse = (m + log2 sum_i w_i) * ln 2.
 Splits that saw no key have lse_i = -inf (w_i = 0); a row no split saw gets o = 0, lse = +inf.
 One program per (query row, request, KV head); requests with a single split were written by the decode kernel.
+mla_combine_sink_kernel is the same merge for the sparse path (one KV head), with FlashMLA's attention sink.
 
 (Folding this into the decode kernel, the last split to finish merging its request, was tried and measured:
 NOTES.md run 11. One program merging n splits x all rows of a request is slow where n is large, e.g. one long
@@ -11,9 +12,11 @@ request split over every SM, so the merge stays a grid of its own.)
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from .._runtime import interpreter_enabled
 from ..kernels.constants import LN2
 from ..kernels.launch import BoundKernel
 
@@ -71,3 +74,76 @@ def bind_combine(out_partial, lse_partial, num_splits, out, lse, heads_per_kv: i
              heads_per_kv, d_v)
     return BoundKernel(mla_combine_kernel, (seq_q * heads_per_kv, batch, heads_kv),
                        (out_partial, lse_partial, num_splits, out, lse), fixed, dict(num_warps=4))
+
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr, RNE_BF16: tl.constexpr):
+    """x (fp32) -> DTYPE. RNE_BF16: round to nearest even by hand first, for the interpreter, whose fp32 -> bf16
+    conversion truncates (the GPU rounds to nearest even, and both give the same then)."""
+    if RNE_BF16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & -65536  # -65536 = 0xFFFF0000
+        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # (NaN kept as is)
+    return x.to(DTYPE)
+
+
+@triton.jit
+def mla_combine_sink_kernel(
+    OUT_PARTIAL, LSE_PARTIAL, NUM_SPLITS, SINK, OUT, LSE,
+    stride_ps, stride_pr,
+    stride_pls,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    heads_q,
+    D_V: tl.constexpr, HAS_SINK: tl.constexpr, RNE_BF16: tl.constexpr,
+):
+    """The merge above for one KV head (the sparse path), then FlashMLA's attention sink: out is scaled by
+    exp(lse) / (exp(lse) + exp(sink[head])) = 1 / (1 + 2^(sink log2 e - lse2)); lse is written without it."""
+    row = tl.program_id(0)
+    b = tl.program_id(1)
+    split_begin = tl.load(NUM_SPLITS + b)
+    num_splits = tl.load(NUM_SPLITS + b + 1) - split_begin
+    if num_splits > 1:
+        offs_v = tl.arange(0, D_V)
+        lse_ptr = LSE_PARTIAL + split_begin.to(tl.int64) * stride_pls + row
+        o_ptr = OUT_PARTIAL + split_begin.to(tl.int64) * stride_ps + row * stride_pr + offs_v
+
+        lse_max = tl.full([], float("-inf"), tl.float32)
+        for i in range(num_splits):
+            lse_max = tl.maximum(lse_max, tl.load(lse_ptr + i * stride_pls))
+        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+        weight_sum = tl.zeros([], tl.float32)
+        acc = tl.zeros([D_V], tl.float32)
+        for i in range(num_splits):
+            w = tl.math.exp2(tl.load(lse_ptr + i * stride_pls) - lse_max)
+            weight_sum += w
+            acc += w * tl.load(o_ptr + i * stride_ps)
+
+        seen = weight_sum > 0.0
+        lse2 = lse_max + tl.math.log2(tl.where(seen, weight_sum, 1.0))
+        factor = tl.where(seen, 1.0 / tl.where(seen, weight_sum, 1.0), 0.0)
+        q_pos = row // heads_q
+        head = row % heads_q
+        if HAS_SINK:
+            sink2 = tl.load(SINK + head) * 1.4426950408889634
+            factor = tl.where(seen, factor / (1.0 + tl.math.exp2(sink2 - lse2)), 0.0)
+        out = acc * factor
+        lse = tl.where(seen, lse2 * LN2, float("inf"))
+        b64 = b.to(tl.int64)
+        tl.store(OUT + b64 * stride_ob + q_pos * stride_os + head * stride_oh + offs_v,
+                 round_to(out, OUT.dtype.element_ty, RNE_BF16))
+        tl.store(LSE + b64 * stride_lb + head * stride_lh + q_pos, lse)
+
+
+def bind_combine_sink(out_partial, lse_partial, num_splits, sink, out, lse, has_sink: bool) -> BoundKernel:
+    """mla_combine_sink_kernel for one configuration: grid = (s_q * h_q rows, requests). out_partial /
+    lse_partial: contiguous [slot, 1, s_q * h_q, D_V] / [slot, 1, s_q * h_q]; sink: [h_q] fp32 (any tensor when
+    has_sink is False)."""
+    batch, seq_q, heads_q, d_v = out.shape
+    fixed = (out_partial.stride(0), out_partial.stride(2),
+             lse_partial.stride(0),
+             out.stride(0), out.stride(1), out.stride(2),
+             lse.stride(0), lse.stride(1),
+             heads_q, d_v, has_sink, interpreter_enabled() and out.dtype == torch.bfloat16)
+    return BoundKernel(mla_combine_sink_kernel, (seq_q * heads_q, batch, 1),
+                       (out_partial, lse_partial, num_splits, sink, out, lse), fixed, dict(num_warps=4))
