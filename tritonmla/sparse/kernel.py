@@ -56,7 +56,7 @@ def sparse_launch_config(heads_q: int) -> SparseLaunchConfig:
         return SparseLaunchConfig(16, 32, 4, 2, 2)
     if heads_q <= 32:
         return SparseLaunchConfig(32, 32, 4, 2, 2)
-    return SparseLaunchConfig(64, 32, 8, 2, 1)
+    return SparseLaunchConfig(64, 64, 8, 3, 1)  # H100, V3.2 h_q 128 topk 2048 b 64: 0.49 ms vs 0.63 (64, 32, 8, 2)
 
 
 @triton.jit
