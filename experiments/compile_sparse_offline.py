@@ -4,6 +4,7 @@ spending device time. TRITONMLA_SPARSE_CONFIG="block_m,block_n,warps,stages,prog
 Run: PYTHONPATH=. python experiments/compile_sparse_offline.py"""
 import collections
 import os
+import pathlib
 import re
 import subprocess
 import tempfile
@@ -49,6 +50,10 @@ def compile_decode(layout, heads_q, dtype="bf16", page=64, page2=64, has=(True, 
     k = triton.compile(ASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}, attrs), target=TARGET,
                        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     loads = collections.Counter(re.findall(r"ld\.global[.\w]*", k.asm["ptx"]))
+    if os.environ.get("PTX_DIR"):  # to compare two versions' code (debug lines dropped)
+        ptx = "\n".join(line for line in k.asm["ptx"].splitlines() if not re.match(r"\s*(\.loc|//|\.file)", line))
+        name = f"sparse_{layout.name}_{heads_q}_{dtype}_{page}_{page2}.ptx"
+        pathlib.Path(os.environ["PTX_DIR"], name).write_text(ptx)
     print(f"{layout.name} h_q {heads_q} {dtype} page {page}/{page2} has {has} {cfg}: shared {k.metadata.shared} B, "
           f"{resources(k)}, wgmma {len(re.findall(r'wgmma.mma_async', k.asm['ptx']))}, loads {dict(loads)}")
 

@@ -301,8 +301,10 @@ def cached_plan_call(key: tuple) -> Optional[PlanCall]:
 
 
 def clear() -> None:
-    """Forget every configuration and free the stream workspaces (tuning sweeps change TRITONMLA_CONFIG, which
-    is read when binding)."""
+    """Forget every configuration, dense and sparse, and free the stream workspaces (tuning sweeps change
+    TRITONMLA_CONFIG / TRITONMLA_SPARSE_CONFIG, which are read when binding)."""
+    from ..sparse import call as sparse_call  # (imports this module: not at the top)
     _DECODE_CALLS.clear()
     _PLAN_CALLS.clear()
     _WORKSPACES.clear()
+    sparse_call.clear()

@@ -27,11 +27,12 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tritonmla.bench.timing import cuda_times, write_rows
 from tritonmla.kernels.constants import D_V
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
@@ -77,18 +78,6 @@ def progress(i: int, n: int, label: str) -> None:
     done = int(30 * i / n)
     sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n} {label:<48}")
     sys.stderr.flush()
-
-
-def cuda_times(step) -> tuple[float, float]:
-    """(eager ms, CUDA-graph replay ms) of one call, medians of triton.testing.do_bench."""
-    import triton
-    ms = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph_ms = triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median")
-    del graph
-    return ms, graph_ms
 
 
 def flashmla_times(fm, x, causal) -> tuple[float, float]:
@@ -266,14 +255,7 @@ def gpu_main(args) -> None:
     progress(len(jobs), len(jobs), "done")
     sys.stderr.write("\n")
     print_table(rows)
-    if args.csv:
-        import csv
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            w.writeheader()
-            w.writerows(asdict(r) for r in rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    write_rows(rows, args.csv, args.json)
     if args.plot:
         plot(rows, args.plot)
 

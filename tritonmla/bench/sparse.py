@@ -17,19 +17,19 @@ interpreter, checked against the reference.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..kernels.constants import D_V
+from .timing import cuda_times, write_rows
 from ..sparse.quant import block_bytes, cache_view, layout_for, quantize_blocks
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_sparse_h100_anchors.txt")
@@ -209,17 +209,6 @@ def load_anchors() -> dict[tuple, list[float]]:
     return anchors
 
 
-def cuda_times(step) -> tuple[float, float]:
-    import triton
-    ms = triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
-    del graph
-    return ms * 1e3, graph_ms * 1e3
-
-
 def bench_case(tm, fm, name, h_q, s_q, s_k, topk, d_qk, page, extra, extra_len, batch, anchors) -> Row:
     x = make_sparse_inputs(batch, s_q, h_q, d_qk, topk, page, s_k, extra=extra, have_extra_topk_length=extra_len,
                            sink=True, nan_unused=False, garbage_past_length=False, device="cuda", seed=batch)
@@ -238,7 +227,7 @@ def bench_case(tm, fm, name, h_q, s_q, s_k, topk, d_qk, page, extra, extra_len, 
     err = (out[sub].float() - ref_out.float()).abs().max().item()
     if not math.isfinite(err) or err > 2e-2:
         raise RuntimeError(f"benchmark output disagrees with the reference (max abs err {err})")
-    us, graph_us = cuda_times(step)
+    us, graph_us = (1e3 * t for t in cuda_times(step, warmup=25, rep=200))
     flops, nbytes = work(x)
     label = f"{topk}" if extra is None else f"{topk}+{extra[0]}"
     fm_us = fm_graph_us = None
@@ -250,7 +239,7 @@ def bench_case(tm, fm, name, h_q, s_q, s_k, topk, d_qk, page, extra, extra_len, 
             def fm_step():
                 return fm.flash_mla_with_kvcache(x.q, x.k_cache, None, None, D_V, fm_meta, None, **x.kwargs())
             fm_step()
-            fm_us, fm_graph_us = cuda_times(fm_step)
+            fm_us, fm_graph_us = (1e3 * t for t in cuda_times(fm_step, warmup=25, rep=200))
             source = "measured"
         except Exception as error:  # noqa: BLE001  (FlashMLA refusing a config: use its anchor)
             print(f"FlashMLA failed on {name} b={batch}: {type(error).__name__}: {error}"[:300])
@@ -309,14 +298,7 @@ def gpu_main(args) -> None:
         torch.cuda.empty_cache()
     sys.stderr.write("\n")
     print_table(rows)
-    if args.csv:
-        import csv
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            w.writeheader()
-            w.writerows(asdict(r) for r in rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    write_rows(rows, args.csv, args.json)
 
 
 def cpu_demo() -> None:

@@ -17,8 +17,24 @@ import triton
 import triton.language as tl
 
 from .._runtime import interpreter_enabled
-from ..kernels.constants import LN2
+from ..kernels.constants import LN2, LOG2E_JIT
 from ..kernels.launch import BoundKernel
+
+
+@triton.jit
+def merge_splits(o_ptr, lse_ptr, num_splits, stride_ps, stride_pls, D_V: tl.constexpr):
+    """(sum_i w_i o_i, sum_i w_i, m) over a row's splits, w_i = 2^(lse_i - m), m = max lse_i (0 if all -inf)."""
+    lse_max = tl.full([], float("-inf"), tl.float32)
+    for i in range(num_splits):
+        lse_max = tl.maximum(lse_max, tl.load(lse_ptr + i * stride_pls))
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    weight_sum = tl.zeros([], tl.float32)
+    acc = tl.zeros([D_V], tl.float32)
+    for i in range(num_splits):
+        w = tl.math.exp2(tl.load(lse_ptr + i * stride_pls) - lse_max)
+        weight_sum += w
+        acc += w * tl.load(o_ptr + i * stride_ps)
+    return acc, weight_sum, lse_max
 
 
 @triton.jit
@@ -41,16 +57,7 @@ def mla_combine_kernel(
         lse_ptr = LSE_PARTIAL + split_begin.to(tl.int64) * stride_pls + kv_head * stride_plh + row
         o_ptr = OUT_PARTIAL + split_begin.to(tl.int64) * stride_ps + kv_head * stride_ph + row * stride_pr + offs_v
 
-        lse_max = tl.full([], float("-inf"), tl.float32)
-        for i in range(num_splits):
-            lse_max = tl.maximum(lse_max, tl.load(lse_ptr + i * stride_pls))
-        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-        weight_sum = tl.zeros([], tl.float32)
-        acc = tl.zeros([D_V], tl.float32)
-        for i in range(num_splits):
-            w = tl.math.exp2(tl.load(lse_ptr + i * stride_pls) - lse_max)
-            weight_sum += w
-            acc += w * tl.load(o_ptr + i * stride_ps)
+        acc, weight_sum, lse_max = merge_splits(o_ptr, lse_ptr, num_splits, stride_ps, stride_pls, D_V)
 
         seen = weight_sum > 0.0
         out = acc / tl.where(seen, weight_sum, 1.0)
@@ -108,16 +115,7 @@ def mla_combine_sink_kernel(
         lse_ptr = LSE_PARTIAL + split_begin.to(tl.int64) * stride_pls + row
         o_ptr = OUT_PARTIAL + split_begin.to(tl.int64) * stride_ps + row * stride_pr + offs_v
 
-        lse_max = tl.full([], float("-inf"), tl.float32)
-        for i in range(num_splits):
-            lse_max = tl.maximum(lse_max, tl.load(lse_ptr + i * stride_pls))
-        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-        weight_sum = tl.zeros([], tl.float32)
-        acc = tl.zeros([D_V], tl.float32)
-        for i in range(num_splits):
-            w = tl.math.exp2(tl.load(lse_ptr + i * stride_pls) - lse_max)
-            weight_sum += w
-            acc += w * tl.load(o_ptr + i * stride_ps)
+        acc, weight_sum, lse_max = merge_splits(o_ptr, lse_ptr, num_splits, stride_ps, stride_pls, D_V)
 
         seen = weight_sum > 0.0
         lse2 = lse_max + tl.math.log2(tl.where(seen, weight_sum, 1.0))
@@ -125,7 +123,7 @@ def mla_combine_sink_kernel(
         q_pos = row // heads_q
         head = row % heads_q
         if HAS_SINK:
-            sink2 = tl.load(SINK + head) * 1.4426950408889634
+            sink2 = tl.load(SINK + head) * LOG2E_JIT
             factor = tl.where(seen, factor / (1.0 + tl.math.exp2(sink2 - lse2)), 0.0)
         out = acc * factor
         lse = tl.where(seen, lse2 * LN2, float("inf"))

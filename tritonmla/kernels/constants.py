@@ -8,5 +8,6 @@ PLAN_TILE = 64  # tokens per scheduler cost unit; every kernel's KV tile divides
 # tile_scheduler_metadata row (FlashMLA's [num_parts, 8] int32): begin_req, begin_tile, end_req, end_tile,
 # begin_split, 3 unused.
 SCHED_ROW = 8
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # host side (the softmax scale is passed pre-multiplied)
+LOG2E_JIT = tl.constexpr(LOG2E)  # inside kernels
 LN2 = tl.constexpr(0.6931471805599453)

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from .._runtime import interpreter_enabled
 from ..combine.combine import round_to
-from ..kernels.constants import D_V, LN2, LOG2E, PLAN_TILE, SCHED_ROW
+from ..kernels.constants import D_V, LN2, LOG2E, LOG2E_JIT, PLAN_TILE, SCHED_ROW
 from ..kernels.launch import BoundKernel
 from .quant import FP8Layout, V32
 
@@ -167,7 +167,7 @@ def sparse_decode_kernel(
     end_tile = tl.load(sched + 3)
     begin_split = tl.load(sched + 4)
     if HAS_SINK:
-        sink2 = tl.load(SINK + heads, mask=head_ok, other=0.0) * 1.4426950408889634
+        sink2 = tl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
 
     for b in range(begin_req, end_req + 1):
         # This request's KV range: main slots (rounded up to a plan tile), then extra slots; as tritonmla.sparse.plan
