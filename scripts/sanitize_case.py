@@ -1,13 +1,16 @@
 """A small decode step for compute-sanitizer (memcheck/racecheck/synccheck): varlen with empty requests, garbage in
 unused block-table entries, NaN in unused slots, page sizes 1, 64 and 128, causal s_q=4, splits and combine; each
-case on every kernel the GPU can run (the seesaw kernel at h_q 128); then two sparse FP8 decode steps."""
+case on every kernel the GPU can run (the seesaw kernel at h_q 128); then two sparse FP8 decode steps
+(`--sparse-only`: just those)."""
+import sys
+
 import torch
 
 import tritonmla
 from tritonmla.bench.workload import make_decode_inputs
 from tritonmla.kernels import dispatch
 
-for page_size, heads_q in ((1, 16), (64, 128), (128, 16)):
+for page_size, heads_q in ((1, 16), (64, 128), (128, 16)) if "--sparse-only" not in sys.argv else ():
     x = make_decode_inputs([0, 700, 3, 129], 4, heads_q, 1, page_size, torch.bfloat16, "cuda")
     sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, 4 * heads_q, 1)
     for kernel in ("portable", "hopper"):

@@ -136,7 +136,7 @@ def sparse_call(args, **change):
     (lambda a: dict(extra_topk_length=a["extra_topk_length"].float()), TypeError, "extra_topk_length must have"),
     (lambda a: dict(head_dim_v=576), ValueError, "head_dim_v must be 512"),
     (lambda a: dict(softmax_scale="x"), TypeError, "softmax_scale"),
-    (lambda a: dict(kernel="hopper"), ValueError, "kernel='hopper' cannot run sparse"),
+    (lambda a: dict(kernel="hopper"), ValueError, "kernel='hopper' cannot run this sparse decoding"),
     (lambda a: dict(tile_scheduler_metadata=torch.zeros(4, 8, dtype=torch.int32)), TypeError,
      "FlashMLASchedMeta"),
 ])

@@ -3,7 +3,9 @@
 FlashMLA-style inputs (tritonmla.bench.sparse.make_sparse_inputs: NaN in every cache row no live index names,
 garbage past topk_length, sinks with +-inf): both layouts, h_q 16/64/128, topk 64..16384, page sizes
 2/61/64/69/576, extra cache and topk lengths on/off, all-invalid indices, zero lengths, out-of-range indices,
-CUDA-graph capture and replay, many splits replayed bitwise, poisoned outputs and split partials."""
+CUDA-graph capture and replay, many splits replayed bitwise, poisoned outputs and split partials. On SM90, h_q > 32
+runs the Gluon kernel (tritonmla.sparse.kernel_hopper) and h_q 16 the portable one; the Gluon kernel's own cases
+(fp16 queries, values past fp16's range) are at the end."""
 from __future__ import annotations
 
 import itertools
@@ -13,7 +15,9 @@ import torch
 
 import tritonmla
 from tritonmla.bench.sparse import make_sparse_inputs
+from tritonmla.kernels import dispatch
 from tritonmla.sparse import call as sparse_call
+from tritonmla.sparse.quant import dequantize_kv_cache, layout_for, quantize_kv_cache
 
 from helpers import assert_close
 
@@ -32,9 +36,11 @@ def run_api(x):
     return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, None, None, 512, meta, None, **x.kwargs())
 
 
-def run_poisoned(x):
+def run_poisoned(x, kernel=None, expect_hopper=None):
     call = sparse_call.SparseCall(x.q, x.k_cache, x.indices, x.topk_length, x.attn_sink, x.extra_k_cache,
-                                  x.extra_indices, x.extra_topk_length, x.softmax_scale)
+                                  x.extra_indices, x.extra_topk_length, x.softmax_scale, kernel)
+    if expect_hopper is not None:
+        assert call.hopper == expect_hopper
     sched, splits = call.plan(x.topk_length, x.extra_topk_length)
     out = torch.full(call.out_shape, float("nan"), dtype=x.q.dtype, device="cuda")
     lse = torch.full(call.lse_shape, float("nan"), device="cuda")
@@ -195,3 +201,52 @@ def test_unaligned_indices_take_their_own_binding():
         got = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, None, None, 512, tritonmla.get_mla_metadata()[0],
                                                None, **x_args)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or dispatch.hopper_device(torch.device("cuda")) is not None,
+                                reason="needs an SM90 GPU (the Gluon sparse kernel)")
+
+
+@needs_sm90
+@pytest.mark.parametrize("d_qk", [576, 512])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads_q", [48, 128])
+def test_gluon_kernel_is_taken_and_agrees_with_portable(d_qk, dtype, heads_q):
+    """auto takes the Gluon kernel for h_q > 32 (h_q 48: one 64-head block, rows past h_q masked); both kernels
+    meet the reference's tolerances on the same inputs, fp16 queries included."""
+    extra = (64, 2, 512) if d_qk == 512 else None
+    x = make_sparse_inputs(5, 2, heads_q, d_qk, 576, 61, 1024, extra=extra, have_topk_length=True,
+                           have_extra_topk_length=extra is not None, dtype=dtype, device="cuda", seed=heads_q)
+    gluon_out, gluon_lse = run_poisoned(x, expect_hopper=True)
+    check(x, gluon_out, gluon_lse)
+    portable_out, portable_lse = run_poisoned(x, kernel="portable", expect_hopper=False)
+    check(x, portable_out, portable_lse)
+
+
+@needs_sm90
+@pytest.mark.parametrize("d_qk", [576, 512])
+@pytest.mark.parametrize("what", ["q", "k"])
+def test_gluon_kernel_values_past_fp16_range(d_qk, what):
+    """The Gluon kernel multiplies in fp16 (exact for FlashMLA-quantized caches and |q| < 2^15); larger values
+    take a power-of-two shift per row. q x 2^16 (past fp16's 65504) with the softmax scale / 2^16, or every key
+    row (codes' scales and RoPE values) x 2^17 with the scale / 2^17: the same softmax, checked against the
+    reference (out x 2^17 in the second case). Without the shift these give inf / NaN."""
+    extra = (64, 2, 512) if d_qk == 512 else None
+    x = make_sparse_inputs(4, 2, 64, d_qk, 576, 64, 1024, extra=extra, have_topk_length=True, nan_unused=False,
+                           device="cuda", seed=5)
+    if what == "q":
+        x.q = x.q * 2.0 ** 16
+        x.softmax_scale *= 2.0 ** -16
+        assert x.q.float().abs().max() > 65504
+    else:
+        lay = layout_for(None, d_qk=d_qk)
+        x.k_cache = quantize_kv_cache(dequantize_kv_cache(x.k_cache, lay) * 2.0 ** 17, lay)
+        if extra is not None:
+            x.extra_k_cache = quantize_kv_cache(dequantize_kv_cache(x.extra_k_cache, lay) * 2.0 ** 17, lay)
+        x.softmax_scale *= 2.0 ** -17
+    out, lse = run_poisoned(x, expect_hopper=True)
+    assert torch.isfinite(out).all()
+    ref_out, ref_lse = reference(x)
+    unit = 1.0 if what == "q" else 2.0 ** 17  # (out / 2^17 is exact: the tolerances apply at the usual scale)
+    assert_close("out", out / unit, ref_out / unit, **OUT_TOL)
+    assert_close("lse", lse, ref_lse, **LSE_TOL)

@@ -262,10 +262,13 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
             raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
         dispatch.requested_kernel(kernel)  # ValueError for a bad name (TRITONMLA_KERNEL=hopper: dense only)
         if kernel == "hopper":
-            raise ValueError("kernel='hopper' cannot run sparse decoding: the portable kernel implements it")
+            why = dispatch.hopper_device(q.device) or ("h_q <= 32 runs on the portable kernel"
+                                                        if q.shape[2] <= 32 else None)
+            if why is not None:
+                raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {why}")
         scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
-                                       extra_indices_in_kvcache, extra_topk_length, scale)
+                                       extra_indices_in_kvcache, extra_topk_length, scale, kernel)
     if type(meta) is not FlashMLASchedMeta:
         raise TypeError("sparse decoding (indices given) takes tile_scheduler_metadata from get_mla_metadata() "
                         f"called with no arguments (a FlashMLASchedMeta), got {type(meta).__name__}")

@@ -5,6 +5,7 @@ kernel, and the combine where the plan can split a request), straight into Trito
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -13,6 +14,7 @@ from .._runtime import uses_triton
 from ..api.checks import cache_alignment
 from ..api.calls import MAX_CACHED, stream_workspace
 from ..combine.combine import bind_combine_sink
+from ..kernels import dispatch
 from ..kernels.constants import D_V
 from ..kernels.launch import current_stream
 from .kernel import bind_sparse_decode
@@ -41,12 +43,15 @@ class SparseCall:
     """One checked configuration of the sparse decode step."""
 
     def __init__(self, q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
-                 extra_topk_length, softmax_scale: float):
+                 extra_topk_length, softmax_scale: float, kernel: Optional[str] = None):
         batch, seq_q, heads_q, _ = q.shape
         self.layout = layout_for(None, d_qk=q.shape[-1])
         self.device = q.device
         self.device_index = q.device.index if q.device.type == "cuda" else None
         self.reference = not uses_triton(q.device)
+        # The Gluon kernel (tritonmla.sparse.kernel_hopper) on SM90 for h_q > 32; "portable" forces the other.
+        self.hopper = (dispatch.requested_kernel(kernel) != "portable" and dispatch.hopper_device(q.device) is None
+                       and q.shape[2] > 32)
         self.softmax_scale = softmax_scale
         self.topk = indices.shape[-1]
         self.extra_topk = extra_indices.shape[-1] if extra_indices is not None else None
@@ -120,9 +125,19 @@ class SparseCall:
                 out, lse, out_partial, lse_partial)
         combine_args = (out_partial, lse_partial, splits, sink, out, lse)
         if bound is None:
-            decode = bind_sparse_decode(args, q, k_cache, indices, extra_k_cache, extra_indices, out, lse,
-                                        self.layout, self.num_parts, self.softmax_scale, self.has[0], self.has[2],
-                                        self.has[3])
+            decode = None
+            bind = lambda hopper: bind_sparse_decode(  # noqa: E731
+                args, q, k_cache, indices, extra_k_cache, extra_indices, out, lse, self.layout, self.num_parts,
+                self.softmax_scale, self.has[0], self.has[2], self.has[3], hopper)
+            if self.hopper:
+                try:
+                    decode = bind(True)
+                except Exception as error:  # noqa: BLE001  (a Gluon build failure: keep serving on portable)
+                    warnings.warn(f"tritonmla: the Gluon sparse kernel failed to build ({type(error).__name__}: "
+                                  f"{error}); using the portable kernel", RuntimeWarning, stacklevel=2)
+                    self.hopper = False
+            if decode is None:
+                decode = bind(False)
             combine = bind_combine_sink(*combine_args, self.has[3]) if self.merges else None
             bound = self.bound[aligned] = (decode, combine)
         if bound[0].interpreted:

@@ -244,9 +244,10 @@ def sparse_decode_kernel(
 
 def bind_sparse_decode(varying: tuple, q, k_cache, indices, extra_k_cache, extra_indices, out, lse,
                        layout: FP8Layout, num_parts: int, softmax_scale: float, has_len: bool, has_len2: bool,
-                       has_sink: bool) -> BoundKernel:
-    """sparse_decode_kernel for one configuration: grid = (head blocks, s_q, parts). `varying` holds the 14
-    per-call pointer arguments (tensors; absent optional ones replaced by any tensor) in the kernel's order."""
+                       has_sink: bool, hopper: bool = False) -> BoundKernel:
+    """sparse_decode_kernel (or, hopper, tritonmla.sparse.kernel_hopper's) for one configuration: grid = (head
+    blocks, s_q, parts). `varying` holds the 14 per-call pointer arguments (tensors; absent optional ones replaced
+    by any tensor) in the kernel's order."""
     batch, seq_q, heads_q, _ = q.shape
     cfg = sparse_launch_config(heads_q)
     rows = seq_q * heads_q
@@ -268,5 +269,9 @@ def bind_sparse_decode(varying: tuple, q, k_cache, indices, extra_k_cache, extra
              D_V, cfg.block_m, cfg.block_n, PLAN_TILE, SCHED_ROW,
              interpreter_enabled() and q.dtype == torch.bfloat16)
     grid = (triton.cdiv(heads_q, cfg.block_m), seq_q, num_parts)
+    if hopper:
+        from .kernel_hopper import bind_sparse_hopper
+        return bind_sparse_hopper(varying, fixed[:23], grid, layout, k_cache.shape[1], k2.shape[1],
+                                  (has_len, has_extra, has_len2, has_sink))
     return BoundKernel(sparse_decode_kernel, grid, varying, fixed,
                        dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))

@@ -1,0 +1,441 @@
+"""Hopper (SM90) sparse FP8 decode kernel in Gluon: the portable kernel's math, plan walk and outputs
+(tritonmla.sparse.kernel), with the tile pipeline placed by hand. It runs h_q > 32 on SM90; the portable kernel
+keeps the rest (and the CPU).
+
+Math, per query row q (64 heads of one query position per program) and the cache rows k_j its index lists name
+(rows not named, or outside the cache, are masked):
+    s_j = scale*log2e * q.k_j,  m' = max(m, rowmax s),  l' = l 2^(m-m') + sum_j 2^(s_j-m'),
+    o' = o 2^(m-m') + sum_j 2^(s_j-m') v_j;   out = o / l (times the sink factor), lse = (m + log2 l) ln 2.
+
+The dequantized NoPE values (e4m3 code x its group's scale) are made in fp16, not bf16, and S's NoPE part and
+P V run as fp16 wgmmas (the RoPE part of V3.2 as a bf16 wgmma into the same accumulator). Why: on SM90 an e4m3
+pair becomes an fp16 pair in one conversion (cvt.rn.f16x2.e4m3x2) and the scale is one fp16 multiply, where bf16
+takes e4m3 -> f16 -> f32 -> bf16 (FlashMLA's docs/20250929-hopper-fp8-sparse-deep-dive.md counts ~50 cycles per
+token for it: more than the tensor cores need at 64 heads). Exact where it matters: a code times a power-of-two
+scale (the quantizer's) is the same number in fp16 as in bf16 while it stays below 2^16 in magnitude and the
+scale is at least 2^-14 (the quantizer floors scales at 2^-13), and q (bf16) converts exactly to fp16 below 2^15.
+Outside that range a power of two is moved out of the row: a query row with |q| >= 2^15 is stored / 2^e and its
+scores multiplied back; a key row whose scales or RoPE values could pass 2^16 is stored / 2^e (e <= 15) and its
+score and P column multiplied back (P 2^e <= 2^15 stays finite). fp16 P keeps more bits than bf16.
+
+Pipeline, 8 warps = two warpgroups side by side along N (each owns half the columns of S and of O, as
+tritonmla.kernels.decode_hopper); the rows are gathered by index (no TMA on SM90), so every thread loads,
+dequantizes and stores. Per 64-token tile t (attend_tile), with two K slots in shared memory:
+    S(t) = wgmma(Q, K(t)^T) issued; while it runs, tile t+3's rows are asked of L2 (prefetch) and tile t+4's
+    indices loaded; softmax; P -> shared memory; O += wgmma(P, K(t)) issued; while it runs, tile t+1's bytes
+    (loaded during the previous tile, held in registers as 32-bit words) are dequantized into the other slot,
+    then tile t+2's bytes loaded (from L2 by then).
+Q (64 heads x 576, fp16 NoPE + RoPE box) stays in shared memory per request. Unused slots load nothing (masked
+loads) and come out 0 with a -inf score, so an unused row's NaN never enters a dot.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from ..kernels.constants import D_V, LN2, LOG2E_JIT, PLAN_TILE, SCHED_ROW
+from ..kernels.launch import BoundKernel
+
+BLOCK_M = gl.constexpr(64)  # query heads per program: the wgmma M of one warpgroup
+BLOCK_N = gl.constexpr(64)  # tokens per tile (= PLAN_TILE)
+BOX = gl.constexpr(64)  # columns per shared-memory box / loaded block
+V_BOXES = gl.constexpr(D_V // 64)  # 8: K/V tile columns 0..511 (V32: NoPE; MODEL1: 448 NoPE + 64 RoPE)
+NUM_WARPS = 8
+
+
+@gluon.jit
+def exponent_of(x):
+    """floor(log2 |x|) of fp32 x (-127 for 0; for the shifts only, so NaN/inf need not be exact)."""
+    return ((x.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@gluon.jit
+def pow2(e):
+    """2^e as fp32 (|e| <= 126), exact."""
+    return ((e + 127) << 23).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.constexpr):
+    """The index slots of the tile starting at slot `start` of this request's KV range (main slots
+    [0, main_end), then extra slots): (idx [64] as stored, ok [64]: slot in range and live)."""
+    in_main = start < main_end
+    slot = gl.where(in_main, start, start - main_end) + gl.arange(0, BLOCK_N, tok_l)
+    ok = live & (slot < gl.where(in_main, len1, len2))
+    idx = gl.load(gl.where(in_main, idx_row, idx_row2) + slot, mask=ok, other=-1)
+    return idx, ok
+
+
+@gluon.jit
+def tile_rows(K, K2, idx, ok, start, main_end, num_tokens, num_tokens2, stride_kblock, stride_k2block,
+              IS_V32: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr, ROW_BYTES: gl.constexpr,
+              SCALE_OFFSET: gl.constexpr):
+    """Where a tile's rows are: (row pointers [64] (bytes), scale-word pointers [64], ok [64]: an index in
+    [0, num_tokens) of its cache; -1 and anything out of range are skipped, never read)."""
+    in_main = start < main_end
+    ok = ok & (idx >= 0) & (idx < gl.where(in_main, num_tokens, num_tokens2))
+    idx = gl.where(ok, idx, 0).to(gl.int64)
+    base = gl.where(in_main, K, K2)
+    page = gl.where(in_main, idx // PAGE_SIZE, idx // PAGE_SIZE2)
+    pos = gl.where(in_main, idx % PAGE_SIZE, idx % PAGE_SIZE2)
+    block = base + page * gl.where(in_main, stride_kblock, stride_k2block)
+    row = block + pos * ROW_BYTES
+    if IS_V32:  # 4 fp32 scales right after the codes
+        scales = (row + SCALE_OFFSET).to(gl.pointer_type(gl.int32))
+    else:  # the block's rows, then 8 scale bytes per row
+        scales = (block + gl.where(in_main, PAGE_SIZE, PAGE_SIZE2) * ROW_BYTES + pos * 8).to(
+            gl.pointer_type(gl.int32))
+    return row, scales, ok
+
+
+@gluon.jit
+def prefetch_rows(row, scales, ok, ROW_BYTES: gl.constexpr, IS_V32: gl.constexpr, line_l: gl.constexpr):
+    """Ask L2 for a tile's rows (prefetch.global.L2: no registers held): the loads issued an iteration later
+    then wait for L2, not HBM. Each row's 128-byte lines (and MODEL1's scale bytes), 8 addresses per row
+    over the row's 4 threads."""
+    tok: gl.constexpr = gl.SliceLayout(1, line_l)
+    line = gl.arange(0, 8, gl.SliceLayout(0, line_l))
+    offset = gl.expand_dims(gl.minimum(line * 128, ROW_BYTES - 1), 0)  # lines 0..5 + the row's last byte
+    addr = gl.expand_dims(gl.convert_layout(row, tok), 1) + offset
+    if not IS_V32:  # MODEL1: 576-byte rows (lines 0..4 + last byte), then the scale bytes
+        scale_addr = gl.expand_dims(gl.convert_layout(scales, tok), 1).to(gl.pointer_type(gl.uint8)) + offset * 0
+        addr = gl.where(gl.expand_dims(line, 0) >= 6, scale_addr, addr)
+    live = gl.expand_dims(gl.convert_layout(ok, tok), 1) & (gl.expand_dims(line, 0) >= 0)
+    gl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.b32 $0, 0; }",
+                              "=r,l,r", [addr, live.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def load_tile(row, scales, ok, IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, ROPE_OFFSET: gl.constexpr,
+              word_l: gl.constexpr, rope_l: gl.constexpr):
+    """A tile's raw bytes: (codes: 8 boxes [64, 16] int32 (4 e4m3 codes each), scale words: 4 x int32 [64]
+    (V32: the 4 fp32 scales; MODEL1: words 0-1 = the 8 ue8m0 bytes), rope [64, 32] int32 (2 bf16 each), ok).
+    Loaded as 32-bit words: carried across an iteration, bytes would take a register each."""
+    rope_tok: gl.constexpr = gl.SliceLayout(1, rope_l)
+    words_col = gl.expand_dims(gl.arange(0, BOX // 4, gl.SliceLayout(0, word_l)), 0)
+    rope_col = gl.expand_dims(gl.arange(0, BOX // 2, gl.SliceLayout(0, rope_l)), 0)
+    okc = gl.expand_dims(ok, 1)
+    rows = gl.expand_dims(row, 1).to(gl.pointer_type(gl.int32)) + words_col
+    c0 = gl.load(rows, mask=okc, other=0)
+    c1 = gl.load(rows + 1 * BOX // 4, mask=okc, other=0)
+    c2 = gl.load(rows + 2 * BOX // 4, mask=okc, other=0)
+    c3 = gl.load(rows + 3 * BOX // 4, mask=okc, other=0)
+    c4 = gl.load(rows + 4 * BOX // 4, mask=okc, other=0)
+    c5 = gl.load(rows + 5 * BOX // 4, mask=okc, other=0)
+    c6 = gl.load(rows + 6 * BOX // 4, mask=okc, other=0)
+    if NOPE_BOXES > 7:
+        c7 = gl.load(rows + 7 * BOX // 4, mask=okc, other=0)
+    else:  # MODEL1: columns 448.. are the RoPE values, loaded below
+        c7 = gl.zeros_like(c0)
+    w0 = gl.load(scales, mask=ok, other=0)
+    w1 = gl.load(scales + 1, mask=ok, other=0)
+    if IS_V32:
+        w2 = gl.load(scales + 2, mask=ok, other=0)
+        w3 = gl.load(scales + 3, mask=ok, other=0)
+    else:
+        w2 = gl.zeros_like(w0)
+        w3 = gl.zeros_like(w0)
+    rope_rows = gl.convert_layout((row + ROPE_OFFSET).to(gl.pointer_type(gl.int32)), rope_tok)
+    rope = gl.load(gl.expand_dims(rope_rows, 1) + rope_col, mask=gl.expand_dims(gl.convert_layout(ok, rope_tok), 1),
+                   other=0)
+    return (c0, c1, c2, c3, c4, c5, c6, c7), (w0, w1, w2, w3), rope, ok
+
+
+@gluon.jit
+def unpack(words, parts: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
+    """[rows, n] int32 -> [rows, n * parts] dtype: the 4 bytes (parts 4) or 2 halves (parts 2) of each word, in
+    memory order."""
+    bits: gl.constexpr = 32 // parts
+    mask: gl.constexpr = (1 << bits) - 1
+    small: gl.constexpr = gl.uint8 if parts == 4 else gl.uint16
+    lo = gl.join((words & mask).to(small), ((words >> bits) & mask).to(small))
+    if parts == 4:
+        hi = gl.join(((words >> 16) & mask).to(small), ((words >> 24) & mask).to(small))
+        x = gl.permute(gl.join(lo, hi), (0, 1, 3, 2))
+    else:
+        x = lo
+    x = gl.reshape(x, [words.shape[0], words.shape[1] * parts])
+    return gl.convert_layout(x.to(dtype, bitcast=True), layout)
+
+
+@gluon.jit
+def group_scale(words, c: gl.constexpr, IS_V32: gl.constexpr):
+    """The fp32 scale of NoPE box c (64 columns) of each row: V32 one fp32 per 128 columns, MODEL1 one ue8m0
+    byte per 64 columns (2^(e - 127), built from its bits)."""
+    if IS_V32:
+        return words[c // 2].to(gl.float32, bitcast=True)
+    else:
+        return (((words[c // 4] >> (8 * (c % 4))) & 0xFF) << 23).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def decode_codes(words, scale16, pair_l: gl.constexpr):
+    """[64, n] int32 words of e4m3 codes -> [64, 2n] int32 words of fp16 pairs, code x scale (scale16: fp16 [64],
+    one per row), in memory order: per word two cvt.rn.f16x2.e4m3x2 and two mul.rn.f16x2."""
+    half = scale16.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    scale2 = gl.expand_dims(half | (half << 16), 1) + gl.zeros_like(words)
+    lo, hi = gl.inline_asm_elementwise(
+        "{ .reg .b16 l, h; .reg .b32 a, b; mov.b32 {l, h}, $2; cvt.rn.f16x2.e4m3x2 a, l; "
+        "cvt.rn.f16x2.e4m3x2 b, h; mul.rn.f16x2 $0, a, $3; mul.rn.f16x2 $1, b, $3; }",
+        "=r,=r,r,r", [words, scale2], dtype=(gl.int32, gl.int32), is_pure=True, pack=1)
+    pairs = gl.reshape(gl.join(lo, hi), [words.shape[0], 2 * words.shape[1]])
+    return gl.convert_layout(pairs, pair_l)
+
+
+@gluon.jit
+def dequantize_tile(codes, words, rope, ok, k_tile, rope_tile, factor_slot,
+                    IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, ROPE_DTYPE: gl.constexpr, box_l: gl.constexpr,
+                    word_l: gl.constexpr, pair_l: gl.constexpr):
+    """Gathered bytes -> shared memory: k_tile [64, 512] fp16 (row j divided by 2^e_j), V32's RoPE box in
+    ROPE_DTYPE, and each row's factor 2^e_j (-1 for a row not attended)."""
+    tok: gl.constexpr = gl.SliceLayout(1, word_l)
+    rope_f = unpack(rope, 2, gl.bfloat16, box_l).to(gl.float32)
+    e = gl.convert_layout(exponent_of(gl.max(gl.abs(rope_f), 1)), tok) - 14  # RoPE values < 2^15 after the shift
+    for c in gl.static_range(NOPE_BOXES):
+        e = gl.maximum(e, exponent_of(group_scale(words, c, IS_V32)) - 6)  # scale < 2^7: code x scale < 2^16
+    shift = gl.minimum(gl.maximum(e, 0), 15)
+    inv = pow2(-shift)
+    # The NoPE boxes written as 32-bit words (fp16 pairs): the same bytes through an int32 view of the tile.
+    k_words = k_tile._reinterpret(gl.int32, [BLOCK_N, V_BOXES * BOX // 2], gl.NVMMASharedLayout(128, 32))
+    for c in gl.static_range(NOPE_BOXES):
+        scale = (group_scale(words, c, IS_V32) * inv).to(gl.float16)
+        k_words.slice(c * BOX // 2, BOX // 2, 1).store(decode_codes(codes[c], scale, pair_l))
+    inv_b = gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, box_l)), 1)
+    if NOPE_BOXES < V_BOXES:  # MODEL1: columns 448.. are the RoPE values (part of V)
+        k_tile.slice(NOPE_BOXES * BOX, BOX, 1).store((rope_f * inv_b).to(gl.float16))
+    if IS_V32:
+        rope_tile.store((rope_f * inv_b).to(ROPE_DTYPE))
+    factor_slot.store(gl.where(ok, pow2(shift), -1.0))
+
+
+@gluon.jit
+def attend_tile(t, n_tiles, q16, q_rope, k_tile, rope_tile, factor_tile, k_next, rope_next, factor_next, p_smem,
+                m_i, l_i, o, raw, near, far, row_scale, K, K2, idx_row, idx_row2, lo, main_end, len1, len2,
+                num_tokens, num_tokens2, stride_kblock, stride_k2block,
+                IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr,
+                ROW_BYTES: gl.constexpr, ROPE_OFFSET: gl.constexpr, D_NOPE: gl.constexpr, rope_dtype: gl.constexpr,
+                s_mma: gl.constexpr, o_mma: gl.constexpr, box_l: gl.constexpr, word_l: gl.constexpr,
+                rope_l: gl.constexpr, line_l: gl.constexpr):
+    """Tile t (landed in k_tile / rope_tile / factor_tile): S, softmax, O += P V; meanwhile tile t+1's bytes (raw)
+    are dequantized into the next slot, tile t+2's (near) loaded, tile t+3's (far) asked of L2 and tile t+4's
+    indices loaded. Returns the updated (m_i, l_i, o, raw, near, far)."""
+    s_col: gl.constexpr = gl.SliceLayout(0, s_mma)
+    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
+    tok_w: gl.constexpr = gl.SliceLayout(1, word_l)
+    codes, words, rope, ok = raw
+    near_row, near_scales, near_ok = near
+    far_idx, far_ok = far
+    s = warpgroup_mma(q16, k_tile.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma), is_async=True)
+    if IS_V32:
+        s = warpgroup_mma(q_rope, rope_tile.permute((1, 0)), s, is_async=True)
+    # While S runs: tile t+3's rows to L2, tile t+4's indices.
+    far_row, far_scales, far_ok = tile_rows(K, K2, far_idx, far_ok, lo + (t + 3) * BLOCK_N, main_end, num_tokens,
+                                            num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
+                                            PAGE_SIZE2, ROW_BYTES, D_NOPE)
+    prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
+    far_idx, far_next_ok = tile_index(idx_row, idx_row2, lo + (t + 4) * BLOCK_N, main_end, len1, len2,
+                                      t + 4 < n_tiles, tok_w)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    key_factor = gl.expand_dims(factor_tile.load(s_col), 0)
+    s = gl.where(key_factor > 0.0, s * gl.expand_dims(row_scale, 1) * key_factor, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet stays at 0
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s - gl.expand_dims(m_safe, 1))
+    l_i = l_i * alpha + gl.sum(p, 1)
+    p_smem.store((p * key_factor).to(gl.float16))  # (an unattended row: p = 0)
+    fence_async_shared()
+    gl.thread_barrier()  # P is read whole by both warpgroups
+
+    o = o * gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
+    o = warpgroup_mma(p_smem, k_tile, o, is_async=True)
+    # While P V runs: tile t+1 (in registers) into the other slot, whose last reader (P V of t-1) is done; then
+    # the loads of tile t+2.
+    if t + 1 < n_tiles:
+        dequantize_tile(codes, words, rope, ok, k_next, rope_next, factor_next, IS_V32, NOPE_BOXES, rope_dtype,
+                        box_l, word_l, rope_l)
+    raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
+    o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+    fence_async_shared()
+    gl.thread_barrier()  # tile t+1 complete; P and slot t free
+    return m_new, l_i, o, raw, (far_row, far_scales, far_ok), (far_idx, far_next_ok)
+
+
+@gluon.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
+def sparse_decode_hopper_kernel(
+    Q, K, INDICES, TOPK_LEN, K2, INDICES2, TOPK_LEN2, SINK, SCHED, NUM_SPLITS,
+    OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
+    qk_scale_log2,
+    stride_qb, stride_qs, stride_qh,
+    stride_kblock, stride_k2block,
+    stride_ib, stride_is, stride_i2b, stride_i2s,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    stride_ps, stride_pr, stride_pls,
+    heads_q, num_tokens, num_tokens2, topk, topk2,
+    IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
+    PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
+    HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, num_warps: gl.constexpr,
+):
+    dtype: gl.constexpr = Q.dtype.element_ty
+    rope_dtype: gl.constexpr = dtype  # V32's RoPE box: bf16 stays bf16 (no range limit), fp16 queries: fp16
+    NOPE_BOXES: gl.constexpr = D_NOPE // BOX
+    ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)  # V32: after the 4 fp32 scales
+    s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16])
+    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
+    s_row: gl.constexpr = gl.SliceLayout(1, s_mma)
+    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
+    box_l: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [num_warps, 1], [1, 0])  # a [64, 64] box
+    word_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [num_warps, 1], [1, 0])  # its bytes: 16 per thread
+    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # 32 B / thread: RoPE, fp16
+    line_l: gl.constexpr = gl.BlockedLayout([1, 2], [8, 4], [num_warps, 1], [1, 0])  # 8 prefetch lines per row
+    tok_l: gl.constexpr = gl.SliceLayout(1, box_l)
+    tok_w: gl.constexpr = gl.SliceLayout(1, word_l)
+    wide_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, V_BOXES * BOX], gl.float16)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], gl.float16)
+    rope_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], rope_dtype)
+    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+
+    q16 = gl.allocate_shared_memory(gl.float16, [BLOCK_M, V_BOXES * BOX], wide_smem)
+    q_rope = gl.allocate_shared_memory(rope_dtype, [BLOCK_M, BOX], rope_layout)
+    k_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, V_BOXES * BOX], wide_smem)
+    rope_smem = gl.allocate_shared_memory(rope_dtype, [2, BLOCK_N, BOX], rope_layout)
+    p_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, BLOCK_N], p_layout)
+    factor_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], flat)
+
+    m_block = gl.program_id(0)
+    q_pos = gl.program_id(1)
+    part = gl.program_id(2)
+
+    heads_b = m_block * BLOCK_M + gl.arange(0, BLOCK_M, tok_l)  # query rows as loaded (box layout)
+    cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
+    head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
+    heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)  # query rows of the output
+    head_ok = heads < heads_q
+    cols = gl.expand_dims(gl.arange(0, V_BOXES * BOX, gl.SliceLayout(0, o_mma)), 0)
+
+    sched = SCHED + part * SCHED_ROW
+    begin_req = gl.load(sched + 0)
+    begin_tile = gl.load(sched + 1)
+    end_req = gl.load(sched + 2)
+    end_tile = gl.load(sched + 3)
+    begin_split = gl.load(sched + 4)
+    if HAS_SINK:
+        sink2 = gl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
+
+    for b in range(begin_req, end_req + 1):
+        b64 = b.to(gl.int64)
+        # This request's KV range, as tritonmla.sparse.plan lays it out: main slots rounded up to a plan tile,
+        # then extra slots.
+        len1 = topk
+        if HAS_LEN:
+            len1 = gl.minimum(gl.maximum(gl.load(TOPK_LEN + b), 0), topk)
+        main_end = gl.cdiv(len1, PLAN_TILE) * PLAN_TILE
+        len2 = 0
+        if HAS_EXTRA:
+            len2 = topk2
+            if HAS_LEN2:
+                len2 = gl.minimum(gl.maximum(gl.load(TOPK_LEN2 + b), 0), topk2)
+        total = main_end + len2
+        lo = gl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
+        hi = gl.minimum(gl.where(b == end_req, end_tile, gl.cdiv(total, PLAN_TILE)) * PLAN_TILE, total)
+        has_work = (hi > lo) | (total == 0)  # an empty request is owned by exactly one part
+        n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
+        idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
+        idx_row2 = idx_row
+        if HAS_EXTRA:
+            idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+
+        # Q -> shared memory: NoPE (and MODEL1's RoPE) boxes in fp16, V32's RoPE box in rope_dtype; a row with
+        # |q| >= 2^15 divided by 2^shift first (its scores multiplied back through row_scale).
+        q_row = Q + b64 * stride_qb + q_pos * stride_qs + gl.expand_dims(heads_b * stride_qh, 1) + cols_b
+        shift = gl.zeros([BLOCK_M], gl.int32, tok_l)
+        if dtype != gl.float16:
+            big = gl.zeros([BLOCK_M], gl.float32, tok_l)
+            for c in gl.static_range(V_BOXES):
+                x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0).to(gl.float32)
+                big = gl.maximum(big, gl.max(gl.abs(x), 1))
+            shift = gl.maximum(exponent_of(big) - 14, 0)
+        inv = gl.expand_dims(pow2(-shift), 1)
+        for c in gl.static_range(V_BOXES):
+            x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0)
+            q16.slice(c * BOX, BOX, 1).store((x.to(gl.float32) * inv).to(gl.float16))
+        if IS_V32:
+            x = gl.load(q_row + D_NOPE, mask=head_ok_b, other=0.0)
+            q_rope.store((x.to(gl.float32) * inv).to(rope_dtype))
+        row_scale = gl.convert_layout(qk_scale_log2 * pow2(shift), s_row)
+
+        # Tile 0 dequantized now; tile 1's bytes in flight; tile 2's rows known and asked of L2; tile 3's indices.
+        idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w)
+        row, scales, ok = tile_rows(K, K2, idx, ok, lo, main_end, num_tokens, num_tokens2, stride_kblock,
+                                    stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
+        codes, words, rope, ok = load_tile(row, scales, ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
+        idx, ok1 = tile_index(idx_row, idx_row2, lo + BLOCK_N, main_end, len1, len2, n_tiles > 1, tok_w)
+        row1, scales1, ok1 = tile_rows(K, K2, idx, ok1, lo + BLOCK_N, main_end, num_tokens, num_tokens2,
+                                       stride_kblock, stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES,
+                                       D_NOPE)
+        idx, near_ok = tile_index(idx_row, idx_row2, lo + 2 * BLOCK_N, main_end, len1, len2, n_tiles > 2, tok_w)
+        near_row, near_scales, near_ok = tile_rows(K, K2, idx, near_ok, lo + 2 * BLOCK_N, main_end, num_tokens,
+                                                   num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
+                                                   PAGE_SIZE2, ROW_BYTES, D_NOPE)
+        prefetch_rows(near_row, near_scales, near_ok, ROW_BYTES, IS_V32, line_l)
+        far_idx, far_ok = tile_index(idx_row, idx_row2, lo + 3 * BLOCK_N, main_end, len1, len2, n_tiles > 3, tok_w)
+        if n_tiles > 0:
+            dequantize_tile(codes, words, rope, ok, k_smem.index(0), rope_smem.index(0), factor_smem.index(0),
+                            IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l)
+        codes, words, rope, ok = load_tile(row1, scales1, ok1, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
+        fence_async_shared()  # generic-proxy writes (Q, tile 0), read next by wgmma (async proxy)
+        gl.thread_barrier()
+
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, s_row)
+        l_i = gl.zeros([BLOCK_M], gl.float32, s_row)
+        o = gl.zeros([BLOCK_M, V_BOXES * BOX], gl.float32, o_mma)
+        raw = (codes, words, rope, ok)
+        near = (near_row, near_scales, near_ok)
+        far = (far_idx, far_ok)
+        for t in range(n_tiles):
+            slot = t % 2
+            m_i, l_i, o, raw, near, far = attend_tile(
+                t, n_tiles, q16, q_rope, k_smem.index(slot), rope_smem.index(slot), factor_smem.index(slot),
+                k_smem.index(1 - slot), rope_smem.index(1 - slot), factor_smem.index(1 - slot), p_smem, m_i, l_i, o,
+                raw, near, far, row_scale, K, K2, idx_row, idx_row2, lo, main_end, len1, len2, num_tokens,
+                num_tokens2, stride_kblock, stride_k2block, IS_V32, NOPE_BOXES, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES,
+                ROPE_OFFSET, D_NOPE, rope_dtype, s_mma, o_mma, box_l, word_l, rope_l, line_l)
+
+        # Epilogue (as the portable kernel): a request wholly in this part writes out/lse, a cut one its partial.
+        row_seen = l_i > 0.0
+        l_safe = gl.where(row_seen, l_i, 1.0)
+        lse2 = gl.convert_layout(gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf")), o_row)
+        row_seen = gl.convert_layout(row_seen, o_row)
+        l_safe = gl.convert_layout(l_safe, o_row)
+        split_begin = gl.load(NUM_SPLITS + b)
+        num_splits = gl.load(NUM_SPLITS + b + 1) - split_begin
+        if num_splits == 1:
+            direct = head_ok & has_work
+            factor = 1.0 / l_safe
+            if HAS_SINK:
+                seen_lse2 = gl.where(row_seen, lse2, 0.0)  # (no -inf - -inf in lanes the select drops)
+                factor = gl.where(row_seen, factor / (1.0 + gl.exp2(sink2 - seen_lse2)), 0.0)
+            o_ptrs = OUT + b64 * stride_ob + q_pos * stride_os + gl.expand_dims(heads * stride_oh, 1) + cols
+            gl.store(o_ptrs, (o * gl.expand_dims(factor, 1)).to(OUT.dtype.element_ty),
+                     mask=gl.expand_dims(direct, 1))
+            gl.store(LSE + b64 * stride_lb + heads * stride_lh + q_pos, gl.where(row_seen, lse2 * LN2, float("inf")),
+                     mask=direct)
+        else:
+            partial = head_ok & has_work
+            # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
+            split_row = (split_begin + gl.where(b == begin_req, begin_split, 0)).to(gl.int64)
+            rows = q_pos * heads_q + heads
+            po_ptrs = OUT_PARTIAL + split_row * stride_ps + gl.expand_dims(rows * stride_pr, 1) + cols
+            gl.store(po_ptrs, o / gl.expand_dims(l_safe, 1), mask=gl.expand_dims(partial, 1))
+            gl.store(LSE_PARTIAL + split_row * stride_pls + rows, lse2, mask=partial)
+
+
+def bind_sparse_hopper(varying: tuple, fixed_common: tuple, grid: tuple, layout, page_size: int, page_size2: int,
+                       has: tuple) -> BoundKernel:
+    """sparse_decode_hopper_kernel for one configuration: the portable kernel's pointer and stride arguments
+    (fixed_common: qk scale .. topk2), grid = (64-head blocks, s_q, parts)."""
+    fixed = (*fixed_common, layout.name == "V32", layout.d_nope, layout.row_bytes, page_size, page_size2, *has,
+             PLAN_TILE, SCHED_ROW)
+    return BoundKernel(sparse_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))
