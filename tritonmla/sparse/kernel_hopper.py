@@ -216,10 +216,10 @@ def attend_tile(t, n_tiles, q16, q_rope, k_tile, rope_tile, factor_tile, k_next,
                 IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr,
                 ROW_BYTES: gl.constexpr, ROPE_OFFSET: gl.constexpr, D_NOPE: gl.constexpr, rope_dtype: gl.constexpr,
                 s_mma: gl.constexpr, o_mma: gl.constexpr, box_l: gl.constexpr, word_l: gl.constexpr,
-                rope_l: gl.constexpr, line_l: gl.constexpr):
+                rope_l: gl.constexpr, line_l: gl.constexpr, LOAD_FIRST: gl.constexpr):
     """Tile t (landed in k_tile / rope_tile / factor_tile): S, softmax, O += P V; meanwhile tile t+1's bytes (raw)
-    are dequantized into the next slot, tile t+2's (near) loaded, tile t+3's (far) asked of L2 and tile t+4's
-    indices loaded. Returns the updated (m_i, l_i, o, raw, near, far)."""
+    are dequantized into the next slot, tile t+2's (near) loaded (LOAD_FIRST: before that), tile t+3's (far)
+    asked of L2 and tile t+4's indices loaded. Returns the updated (m_i, l_i, o, raw, near, far)."""
     s_col: gl.constexpr = gl.SliceLayout(0, s_mma)
     o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
     tok_w: gl.constexpr = gl.SliceLayout(1, word_l)
@@ -252,10 +252,13 @@ def attend_tile(t, n_tiles, q16, q_rope, k_tile, rope_tile, factor_tile, k_next,
     o = warpgroup_mma(p_smem, k_tile, o, is_async=True)
     # While P V runs: tile t+1 (in registers) into the other slot, whose last reader (P V of t-1) is done; then
     # the loads of tile t+2.
+    if LOAD_FIRST:
+        raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
     if t + 1 < n_tiles:
         dequantize_tile(codes, words, rope, ok, k_next, rope_next, factor_next, IS_V32, NOPE_BOXES, rope_dtype,
                         box_l, word_l, rope_l)
-    raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
+    if not LOAD_FIRST:
+        raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
     fence_async_shared()
     gl.thread_barrier()  # tile t+1 complete; P and slot t free
@@ -282,6 +285,10 @@ def sparse_decode_hopper_kernel(
     rope_dtype: gl.constexpr = dtype  # V32's RoPE box: bf16 stays bf16 (no range limit), fp16 queries: fp16
     NOPE_BOXES: gl.constexpr = D_NOPE // BOX
     ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)  # V32: after the 4 fp32 scales
+    # Tile t+2's loads before tile t+1's dequantization (both held in registers): MODEL1 (7 code boxes) has the
+    # registers for it and gains (H100, peak cases 0.90 -> 0.96x, 0.58 -> 0.64x of FlashMLA); V32 spills and
+    # loses (0.61 -> 0.58x), so it loads after (ptxas then issues the loads behind the wait on P V).
+    LOAD_FIRST: gl.constexpr = not IS_V32
     s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16])
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
     s_row: gl.constexpr = gl.SliceLayout(1, s_mma)
@@ -401,7 +408,7 @@ def sparse_decode_hopper_kernel(
                 k_smem.index(1 - slot), rope_smem.index(1 - slot), factor_smem.index(1 - slot), p_smem, m_i, l_i, o,
                 raw, near, far, row_scale, K, K2, idx_row, idx_row2, lo, main_end, len1, len2, num_tokens,
                 num_tokens2, stride_kblock, stride_k2block, IS_V32, NOPE_BOXES, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES,
-                ROPE_OFFSET, D_NOPE, rope_dtype, s_mma, o_mma, box_l, word_l, rope_l, line_l)
+                ROPE_OFFSET, D_NOPE, rope_dtype, s_mma, o_mma, box_l, word_l, rope_l, line_l, LOAD_FIRST)
 
         # Epilogue (as the portable kernel): a request wholly in this part writes out/lse, a cut one its partial.
         row_seen = l_i > 0.0
