@@ -17,7 +17,8 @@ import tritonmla
 from tritonmla.bench.sparse import make_sparse_inputs
 from tritonmla.kernels import dispatch
 from tritonmla.sparse import call as sparse_call
-from tritonmla.sparse.quant import dequantize_kv_cache, layout_for, quantize_kv_cache
+from tritonmla.sparse.quant import (block_bytes, cache_view, dequantize_kv_cache, layout_for, quantize_blocks,
+                                    quantize_kv_cache)
 
 from helpers import assert_close
 
@@ -203,8 +204,9 @@ def test_unaligned_indices_take_their_own_binding():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or dispatch.hopper_device(torch.device("cuda")) is not None,
-                                reason="needs an SM90 GPU (the Gluon sparse kernel)")
+needs_sm90 = pytest.mark.skipif(
+    not torch.cuda.is_available() or dispatch.hopper_device(torch.device("cuda")) is not None,
+    reason="needs an SM90 GPU (the Gluon sparse kernel)")
 
 
 @needs_sm90
@@ -250,3 +252,26 @@ def test_gluon_kernel_values_past_fp16_range(d_qk, what):
     unit = 1.0 if what == "q" else 2.0 ** 17  # (out / 2^17 is exact: the tolerances apply at the usual scale)
     assert_close("out", out / unit, ref_out / unit, **OUT_TOL)
     assert_close("lse", lse, ref_lse, **LSE_TOL)
+
+
+@needs_sm90
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_gluon_kernel_cache_at_the_smallest_accepted_alignment(d_qk):
+    """Caches need only 4-byte (V3.2) / 8-byte (MODEL1) aligned addresses: such a cache binds a variant without
+    16-byte vector loads; its results equal the aligned cache's bit for bit."""
+    x = make_sparse_inputs(4, 2, 64, d_qk, 576, 64, 1024, device="cuda", seed=9)
+    want = run_poisoned(x, expect_hopper=True)
+    offset = 4 if d_qk == 576 else 8
+    lay = layout_for(None, d_qk=d_qk)
+    num_blocks, page_size = x.k_cache.shape[:2]
+    size = block_bytes(lay, page_size)
+    raw = torch.zeros(num_blocks * size + 64, dtype=torch.uint8, device="cuda")
+    blocks = raw[offset:offset + num_blocks * size].view(num_blocks, size)
+    assert blocks.data_ptr() % 16 != 0
+    quantize_blocks(dequantize_kv_cache(x.k_cache, lay)[:, :, 0].float(), lay, blocks)  # the same bytes, moved
+    moved = cache_view(blocks, lay, page_size)
+    same = dequantize_kv_cache(moved, lay).nan_to_num(7.0) == dequantize_kv_cache(x.k_cache, lay).nan_to_num(7.0)
+    assert same.all()
+    x.k_cache = moved
+    got = run_poisoned(x, expect_hopper=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
