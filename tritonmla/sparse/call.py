@@ -49,9 +49,11 @@ class SparseCall:
         self.device = q.device
         self.device_index = q.device.index if q.device.type == "cuda" else None
         self.reference = not uses_triton(q.device)
-        # The Gluon kernel (tritonmla.sparse.kernel_hopper) on SM90 for h_q > 32; "portable" forces the other.
-        self.hopper = (dispatch.requested_kernel(kernel) != "portable" and dispatch.hopper_device(q.device) is None
-                       and q.shape[2] > 32)
+        # The Gluon kernel (tritonmla.sparse.kernel_hopper) on SM90 for h_q > 32; "portable" forces the other,
+        # "hopper" insists (a build failure raises instead of falling back).
+        requested = dispatch.requested_kernel(kernel)
+        self.insist = requested == "hopper"
+        self.hopper = requested != "portable" and dispatch.hopper_device(q.device) is None and q.shape[2] > 32
         self.softmax_scale = softmax_scale
         self.topk = indices.shape[-1]
         self.extra_topk = extra_indices.shape[-1] if extra_indices is not None else None
@@ -133,6 +135,8 @@ class SparseCall:
                 try:
                     decode = bind(True)
                 except Exception as error:  # noqa: BLE001  (a Gluon build failure: keep serving on portable)
+                    if self.insist:
+                        raise
                     warnings.warn(f"tritonmla: the Gluon sparse kernel failed to build ({type(error).__name__}: "
                                   f"{error}); using the portable kernel", RuntimeWarning, stacklevel=2)
                     self.hopper = False

@@ -254,24 +254,25 @@ def bind_sparse_decode(varying: tuple, q, k_cache, indices, extra_k_cache, extra
     has_extra = extra_k_cache is not None
     k2 = extra_k_cache if has_extra else k_cache
     i2 = extra_indices if has_extra else indices
-    fixed = (softmax_scale * LOG2E,
-             q.stride(0), q.stride(1), q.stride(2),
-             k_cache.stride(0), k2.stride(0),
-             indices.stride(0), indices.stride(1), i2.stride(0), i2.stride(1),
-             out.stride(0), out.stride(1), out.stride(2),
-             lse.stride(0), lse.stride(1),
-             rows * D_V, D_V, rows,
-             heads_q, k_cache.shape[0] * k_cache.shape[1], k2.shape[0] * k2.shape[1],
-             indices.shape[-1], i2.shape[-1],
+    common = (softmax_scale * LOG2E,  # the arguments both kernels take, up to topk2
+              q.stride(0), q.stride(1), q.stride(2),
+              k_cache.stride(0), k2.stride(0),
+              indices.stride(0), indices.stride(1), i2.stride(0), i2.stride(1),
+              out.stride(0), out.stride(1), out.stride(2),
+              lse.stride(0), lse.stride(1),
+              rows * D_V, D_V, rows,
+              heads_q, k_cache.shape[0] * k_cache.shape[1], k2.shape[0] * k2.shape[1],
+              indices.shape[-1], i2.shape[-1])
+    if hopper:  # 64-head blocks (TRITONMLA_SPARSE_CONFIG sizes the portable kernel's only)
+        from .kernel_hopper import BLOCK_M, bind_sparse_hopper
+        return bind_sparse_hopper(varying, common, (triton.cdiv(heads_q, BLOCK_M.value), seq_q, num_parts), layout,
+                                  k_cache.shape[1], k2.shape[1], (has_len, has_extra, has_len2, has_sink))
+    fixed = (*common,
              layout is V32, layout.d_nope, layout.d_rope, layout.group, layout.num_scales, layout.row_bytes,
              k_cache.shape[1], k2.shape[1],
              has_len, has_extra, has_len2, has_sink,
              D_V, cfg.block_m, cfg.block_n, PLAN_TILE, SCHED_ROW,
              interpreter_enabled() and q.dtype == torch.bfloat16)
     grid = (triton.cdiv(heads_q, cfg.block_m), seq_q, num_parts)
-    if hopper:
-        from .kernel_hopper import bind_sparse_hopper
-        return bind_sparse_hopper(varying, fixed[:23], grid, layout, k_cache.shape[1], k2.shape[1],
-                                  (has_len, has_extra, has_len2, has_sink))
     return BoundKernel(sparse_decode_kernel, grid, varying, fixed,
                        dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
