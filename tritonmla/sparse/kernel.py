@@ -131,6 +131,35 @@ def attend(q_main, q_rope, k, k_rope, ok, m_i, l_i, acc, qk_scale_log2, IS_V32: 
     return m_new, l_i, acc
 
 
+@triton.jit
+def plan_row(SCHED, part, SCHED_ROW: tl.constexpr):
+    """A part's row of the plan: (begin_req, begin_tile, end_req, end_tile, begin_split)."""
+    sched = SCHED + part * SCHED_ROW
+    return tl.load(sched + 0), tl.load(sched + 1), tl.load(sched + 2), tl.load(sched + 3), tl.load(sched + 4)
+
+
+@triton.jit
+def request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN, TOPK_LEN2, topk, topk2,
+                  HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_LEN2: tl.constexpr, PLAN_TILE: tl.constexpr):
+    """Request b's KV range as tritonmla.sparse.plan lays it out (main slots rounded up to a plan tile, then extra
+    slots) and this part's share of it: (len1, main_end, len2, lo, hi, has_work). len1 / len2: the main / extra
+    slots that count; [lo, hi): this part's slots; has_work: it writes the request's output (an empty request is
+    owned by exactly one part)."""
+    len1 = topk
+    if HAS_LEN:
+        len1 = tl.minimum(tl.maximum(tl.load(TOPK_LEN + b), 0), topk)
+    main_end = tl.cdiv(len1, PLAN_TILE) * PLAN_TILE
+    len2 = 0
+    if HAS_EXTRA:
+        len2 = topk2
+        if HAS_LEN2:
+            len2 = tl.minimum(tl.maximum(tl.load(TOPK_LEN2 + b), 0), topk2)
+    total = main_end + len2
+    lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
+    hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(total, PLAN_TILE)) * PLAN_TILE, total)
+    return len1, main_end, len2, lo, hi, (hi > lo) | (total == 0)
+
+
 @triton.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
 def sparse_decode_kernel(
     Q, K, INDICES, TOPK_LEN, K2, INDICES2, TOPK_LEN2, SINK, SCHED, NUM_SPLITS,
@@ -160,31 +189,16 @@ def sparse_decode_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     dtype = Q.dtype.element_ty
 
-    sched = SCHED + part * SCHED_ROW
-    begin_req = tl.load(sched + 0).to(tl.int64)
-    begin_tile = tl.load(sched + 1)
-    end_req = tl.load(sched + 2).to(tl.int64)
-    end_tile = tl.load(sched + 3)
-    begin_split = tl.load(sched + 4)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, part, SCHED_ROW)
+    begin_req = begin_req.to(tl.int64)
+    end_req = end_req.to(tl.int64)
     if HAS_SINK:
         sink2 = tl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
 
     for b in range(begin_req, end_req + 1):
-        # This request's KV range: main slots (rounded up to a plan tile), then extra slots; as tritonmla.sparse.plan
-        # lays it out for the scheduler.
-        len1 = topk
-        if HAS_LEN:
-            len1 = tl.minimum(tl.maximum(tl.load(TOPK_LEN + b), 0), topk)
-        main_end = tl.cdiv(len1, PLAN_TILE) * PLAN_TILE
-        len2 = 0
-        if HAS_EXTRA:
-            len2 = topk2
-            if HAS_LEN2:
-                len2 = tl.minimum(tl.maximum(tl.load(TOPK_LEN2 + b), 0), topk2)
-        total = main_end + len2
-        lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
-        hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(total, PLAN_TILE)) * PLAN_TILE, total)
-        has_work = (hi > lo) | (total == 0)  # an empty request is owned by exactly one part
+        len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
+                                                               TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
+                                                               PLAN_TILE)
 
         q_ptrs = Q + b * stride_qb + q_pos * stride_qs + heads * stride_qh
         q_main = tl.load(q_ptrs[:, None] + offs_d[None, :], mask=head_ok[:, None], other=0.0)

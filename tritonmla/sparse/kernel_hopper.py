@@ -36,6 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from ..kernels.constants import D_V, LN2, LOG2E_JIT, PLAN_TILE, SCHED_ROW
 from ..kernels.launch import BoundKernel
+from .kernel import plan_row, request_range  # (plain-Triton scalar helpers, shared with the portable kernel)
 
 BLOCK_M = gl.constexpr(64)  # query heads per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per tile (= PLAN_TILE)
@@ -322,32 +323,15 @@ def sparse_decode_hopper_kernel(
     head_ok = heads < heads_q
     cols = gl.expand_dims(gl.arange(0, V_BOXES * BOX, gl.SliceLayout(0, o_mma)), 0)
 
-    sched = SCHED + part * SCHED_ROW
-    begin_req = gl.load(sched + 0)
-    begin_tile = gl.load(sched + 1)
-    end_req = gl.load(sched + 2)
-    end_tile = gl.load(sched + 3)
-    begin_split = gl.load(sched + 4)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, part, SCHED_ROW)
     if HAS_SINK:
         sink2 = gl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
 
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        # This request's KV range, as tritonmla.sparse.plan lays it out: main slots rounded up to a plan tile,
-        # then extra slots.
-        len1 = topk
-        if HAS_LEN:
-            len1 = gl.minimum(gl.maximum(gl.load(TOPK_LEN + b), 0), topk)
-        main_end = gl.cdiv(len1, PLAN_TILE) * PLAN_TILE
-        len2 = 0
-        if HAS_EXTRA:
-            len2 = topk2
-            if HAS_LEN2:
-                len2 = gl.minimum(gl.maximum(gl.load(TOPK_LEN2 + b), 0), topk2)
-        total = main_end + len2
-        lo = gl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
-        hi = gl.minimum(gl.where(b == end_req, end_tile, gl.cdiv(total, PLAN_TILE)) * PLAN_TILE, total)
-        has_work = (hi > lo) | (total == 0)  # an empty request is owned by exactly one part
+        len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
+                                                               TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
+                                                               PLAN_TILE)
         n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
         idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
         idx_row2 = idx_row
