@@ -30,3 +30,20 @@ def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, abs_tol: float
         denom = (g * g + r * r).sum().item()
         cos_diff = 1 - 2 * (g * r).sum().item() / denom if denom > 0 else 0.0  # both all-zero: equal
         assert cos_diff < cos_diff_tol, f"{name}: cosine difference {cos_diff:.3e} >= {cos_diff_tol}"
+
+
+def sparse_step(x):
+    """A decode step as an engine writes it (its own get_mla_metadata(), then the sparse call), and its tensor
+    arguments, for torch.compile tests of sparse decoding (x: tritonmla.bench.sparse.SparseInputs)."""
+    import tritonmla
+
+    def step(q, k_cache, indices, topk_length, sink, extra_k_cache, extra_indices, extra_topk_length):
+        meta, _ = tritonmla.get_mla_metadata()
+        out, lse = tritonmla.flash_mla_with_kvcache(
+            q, k_cache, None, None, 512, meta, None, softmax_scale=x.softmax_scale, is_fp8_kvcache=True,
+            indices=indices, attn_sink=sink, topk_length=topk_length, extra_k_cache=extra_k_cache,
+            extra_indices_in_kvcache=extra_indices, extra_topk_length=extra_topk_length)
+        return out * 2, lse
+
+    return step, (x.q, x.k_cache, x.indices, x.topk_length, x.attn_sink, x.extra_k_cache, x.extra_indices,
+                  x.extra_topk_length)

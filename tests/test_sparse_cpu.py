@@ -21,7 +21,7 @@ from tritonmla.bench.sparse import make_sparse_inputs
 from tritonmla.sparse import call as sparse_call
 from tritonmla.sparse.quant import MODEL1, V32, dequantize_kv_cache, gather_rows, quantize_kv_cache
 
-from helpers import assert_close
+from helpers import assert_close, sparse_step
 
 interpreted = pytest.mark.skipif(not interpreter_enabled(), reason="CPU kernel tests need TRITON_INTERPRET=1")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -272,3 +272,19 @@ def test_plan_lengths_cover_main_then_extra():
         for b, n in enumerate(lengths.tolist()):
             covered = sorted(t for _, req, _, lo, hi in items if req == b for t in range(lo, hi))
             assert covered == list(range(n))
+
+
+@interpreted
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_torch_compile_traces_sparse_decoding(d_qk):
+    """Under torch.compile (fullgraph; aot_eager here, inductor in the GPU test) sparse decoding plans and runs
+    through the custom ops, a FlashMLASchedMeta made inside the compiled step: same result as eager."""
+    extra = (24, 2, 40) if d_qk == 512 else None
+    x = make_sparse_inputs(3, 2, 16, d_qk, 48, 61, 150, extra=extra, have_topk_length=True,
+                           have_extra_topk_length=extra is not None, dtype=torch.float16, device="cpu", seed=d_qk)
+    step, args = sparse_step(x)
+    torch._dynamo.reset()
+    out, lse = torch.compile(step, backend="aot_eager", fullgraph=True)(*args)
+    want_out, want_lse = step(*args)
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    check(x, out / 2, lse)

@@ -20,7 +20,7 @@ from tritonmla.sparse import call as sparse_call
 from tritonmla.sparse.quant import (block_bytes, cache_view, dequantize_kv_cache, layout_for, quantize_blocks,
                                     quantize_kv_cache)
 
-from helpers import assert_close
+from helpers import assert_close, sparse_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -275,3 +275,18 @@ def test_gluon_kernel_cache_at_the_smallest_accepted_alignment(d_qk):
     x.k_cache = moved
     got = run_poisoned(x, expect_hopper=True)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("d_qk,heads_q", [(576, 128), (512, 16)])
+def test_torch_compile(d_qk, heads_q):
+    """torch.compile (inductor, fullgraph) of a step that plans (a FlashMLASchedMeta made inside) and decodes:
+    the custom ops run the same calls as eager (the Gluon kernel at h_q 128 on SM90, portable at 16)."""
+    extra = (64, 2, 512) if d_qk == 512 else None
+    x = make_sparse_inputs(6, 2, heads_q, d_qk, 576, 64, 1024, extra=extra, have_topk_length=True,
+                           have_extra_topk_length=extra is not None, device="cuda", seed=13)
+    step, args = sparse_step(x)
+    torch._dynamo.reset()
+    out, lse = torch.compile(step, fullgraph=True)(*args)
+    want_out, want_lse = step(*args)
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    check(x, out / 2, lse)

@@ -29,6 +29,7 @@ from .checks import check_decode_inputs, check_metadata_args, check_metadata_ten
 from ..kernels import dispatch
 from ..scheduler.metadata import num_parts_for
 from ..sparse import call as sparse_call
+from ..sparse.plan import attended_lengths, sparse_num_parts
 
 
 @dataclasses.dataclass
@@ -244,17 +245,19 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
 def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal, is_fp8_kvcache, indices,
                  attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length, kernel):
     """Sparse decoding (tritonmla.sparse): the configuration's call is looked up (checked and bound on its first
-    call); the FlashMLASchedMeta is planned on first use and its config checked once per configuration."""
-    if calls.tracing():
-        raise NotImplementedError("sparse decoding (indices) has no torch.compile / tracing support yet: call it "
-                                  "eagerly (CUDA-graph capture of eager calls works)")
-    try:
-        key = sparse_call.sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
-                                     extra_indices_in_kvcache, extra_topk_length, head_dim_v, softmax_scale, causal,
-                                     is_fp8_kvcache, kernel)
-        call = sparse_call.cached_sparse_call(key)
-    except (AttributeError, TypeError):  # not a tensor, or unhashable: the checks say so
-        key, call = None, None
+    call); the FlashMLASchedMeta is planned on first use and its config checked once per configuration. Under
+    torch.compile / tracing: checked every trace, planned and run through the custom ops (tritonmla.api.op)."""
+    tracing = calls.tracing()
+    key, call = None, None
+    if not tracing:
+        try:
+            key = sparse_call.sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
+                                         extra_indices_in_kvcache, extra_topk_length, head_dim_v, softmax_scale,
+                                         causal, is_fp8_kvcache, kernel)
+            call = sparse_call.cached_sparse_call(key)
+        except (AttributeError, TypeError):  # not a tensor, or unhashable: the checks say so
+            key, call = None, None
+    scale = None
     if call is None:
         check_sparse_inputs(q, k_cache, head_dim_v, softmax_scale, causal, is_fp8_kvcache, indices, attn_sink,
                             extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length)
@@ -267,24 +270,36 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
             if why is not None:
                 raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {why}")
         scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
-                                       extra_indices_in_kvcache, extra_topk_length, scale, kernel)
+        if not tracing:
+            call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
+                                           extra_indices_in_kvcache, extra_topk_length, scale, kernel)
     if type(meta) is not FlashMLASchedMeta:
         raise TypeError("sparse decoding (indices given) takes tile_scheduler_metadata from get_mla_metadata() "
                         f"called with no arguments (a FlashMLASchedMeta), got {type(meta).__name__}")
     if num_splits is not None:
         raise ValueError("num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta")
-    if meta.checked_call is not call:
+    if tracing or meta.checked_call is not call:
         config = FlashMLASchedMeta.Config(q.shape[0], q.shape[1], q.shape[2], k_cache.shape[1], k_cache.shape[2],
                                           causal, is_fp8_kvcache, indices.shape[-1],
                                           extra_k_cache.shape[1] if extra_k_cache is not None else None,
                                           extra_indices_in_kvcache.shape[-1] if extra_k_cache is not None else None)
+        num_parts = sparse_num_parts(q.device, q.shape[1], q.shape[2])
         if not meta.have_initialized:
-            meta.tile_scheduler_metadata, meta.num_splits = call.plan(topk_length, extra_topk_length)
+            if tracing:
+                lengths = attended_lengths(q.shape[0], indices.shape[-1], topk_length,
+                                           extra_indices_in_kvcache.shape[-1] if extra_k_cache is not None else None,
+                                           extra_topk_length, q.device)
+                meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(lengths, num_parts)
+            else:
+                meta.tile_scheduler_metadata, meta.num_splits = call.plan(topk_length, extra_topk_length)
             meta.config = config
             meta.have_initialized = True
-        elif meta.config != config or meta.tile_scheduler_metadata.shape[0] != call.num_parts:
+        elif meta.config != config or meta.tile_scheduler_metadata.shape[0] != num_parts:
             _config_mismatch(meta.config, config)
+        if tracing:
+            return torch.ops.tritonmla.sparse_decode(q, k_cache, indices, topk_length, attn_sink, extra_k_cache,
+                                                     extra_indices_in_kvcache, extra_topk_length,
+                                                     meta.tile_scheduler_metadata, meta.num_splits, scale, kernel)
         meta.checked_call = call
     return call(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices_in_kvcache,
                 extra_topk_length, meta.tile_scheduler_metadata, meta.num_splits)

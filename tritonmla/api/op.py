@@ -1,4 +1,5 @@
-"""The decode step and the planner as torch.library custom ops, so torch.compile and CUDA graphs see them whole.
+"""The decode step (dense and sparse) and the planner as torch.library custom ops, so torch.compile and CUDA graphs
+see them whole.
 
 Each op has a fake (meta) implementation giving output shapes only; the real implementations run the same
 per-configuration calls as eager mode (tritonmla.api.calls). Eager calls skip the ops: their dispatch costs more
@@ -11,7 +12,7 @@ from typing import Optional
 import torch
 
 from . import calls
-from ..kernels.constants import SCHED_ROW
+from ..kernels.constants import D_V, SCHED_ROW
 
 
 @torch.library.custom_op("tritonmla::plan", mutates_args=())
@@ -28,21 +29,45 @@ def _plan_fake(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tenso
 def mla_decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor,
     tile_scheduler_metadata: torch.Tensor, num_splits: torch.Tensor,
-    head_dim_v: int, softmax_scale: float, causal: bool, kernel: Optional[str] = None,
+    head_dim_v: int, softmax_scale: float, causal: bool, kernel_name: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # (not "kernel": inductor passes defaulted arguments by keyword, and its FallbackKernel.create has a `kernel`)
     key = calls.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                           head_dim_v, softmax_scale, causal, kernel)
+                           head_dim_v, softmax_scale, causal, kernel_name)
     call = calls.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, head_dim_v, softmax_scale,
-                             causal, kernel)
+                             causal, kernel_name)
     return call(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
 
 
 @mla_decode_op.register_fake
 def _mla_decode_fake(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                     head_dim_v, softmax_scale, causal, kernel=None):
+                     head_dim_v, softmax_scale, causal, kernel_name=None):
     batch, seq_q, heads_q, _ = q.shape
     return (q.new_empty((batch, seq_q, heads_q, head_dim_v)),
             q.new_empty((batch, heads_q, seq_q), dtype=torch.float32))
+
+
+@torch.library.custom_op("tritonmla::sparse_decode", mutates_args=())
+def sparse_decode_op(
+    q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor, topk_length: Optional[torch.Tensor],
+    attn_sink: Optional[torch.Tensor], extra_k_cache: Optional[torch.Tensor], extra_indices: Optional[torch.Tensor],
+    extra_topk_length: Optional[torch.Tensor], tile_scheduler_metadata: torch.Tensor, num_splits: torch.Tensor,
+    softmax_scale: float, kernel_name: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..sparse import call as sparse_call
+    key = sparse_call.sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
+                                 extra_topk_length, D_V, softmax_scale, False, True, kernel_name)
+    call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
+                                   extra_topk_length, softmax_scale, kernel_name)
+    return call(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices, extra_topk_length,
+                tile_scheduler_metadata, num_splits)
+
+
+@sparse_decode_op.register_fake
+def _sparse_decode_fake(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
+                        extra_topk_length, tile_scheduler_metadata, num_splits, softmax_scale, kernel_name=None):
+    batch, seq_q, heads_q, _ = q.shape
+    return q.new_empty((batch, seq_q, heads_q, D_V)), q.new_empty((batch, heads_q, seq_q), dtype=torch.float32)
 
 
 def decode_into(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
