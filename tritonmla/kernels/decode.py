@@ -100,6 +100,25 @@ def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, strid
     return acc / l_safe[:, None], tl.where(row_seen, m_i + tl.math.log2(l_safe), float("-inf")), row_seen
 
 
+@triton.jit
+def plan_row(SCHED, part, SCHED_ROW: tl.constexpr):
+    """A part's row of the plan (tritonmla.scheduler.metadata): begin_req, begin_tile, end_req, end_tile,
+    begin_split. Every decode kernel, dense and sparse, Triton and Gluon, walks the plan from it."""
+    sched = SCHED + part * SCHED_ROW
+    return tl.load(sched + 0), tl.load(sched + 1), tl.load(sched + 2), tl.load(sched + 3), tl.load(sched + 4)
+
+
+@triton.jit
+def request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap, PLAN_TILE: tl.constexpr):
+    """Request b's part in this plan row: (seqlen, lo, hi, n_tiles, has_work). seqlen is clamped to
+    [0, seqlen_cap] (never read past the block table); [lo, hi) the part's tokens in n_tiles PLAN_TILE-token
+    tiles; has_work: the part writes the request's output (an empty request is owned by exactly one part)."""
+    seqlen = tl.minimum(tl.maximum(tl.load(SEQLENS + b), 0), seqlen_cap)
+    lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
+    hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(seqlen, PLAN_TILE)) * PLAN_TILE, seqlen)
+    return seqlen, lo, hi, tl.cdiv(tl.maximum(hi - lo, 0), PLAN_TILE), (hi > lo) | (seqlen == 0)
+
+
 @triton.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
 def mla_decode_kernel(
     Q, K_CACHE, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
@@ -134,19 +153,14 @@ def mla_decode_kernel(
     else:
         key_shift = tl.zeros([BLOCK_M], dtype=tl.int32)
 
-    sched = SCHED + part * SCHED_ROW
-    begin_req = tl.load(sched + 0).to(tl.int64)  # int64 request index: batch offsets can pass 2**31
-    begin_tile = tl.load(sched + 1)
-    end_req = tl.load(sched + 2).to(tl.int64)
-    end_tile = tl.load(sched + 3)
-    begin_split = tl.load(sched + 4)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, part, SCHED_ROW)
+    begin_req = begin_req.to(tl.int64)  # int64 request index: batch offsets can pass 2**31
+    end_req = end_req.to(tl.int64)
 
     q_rows = Q + q_pos * stride_qs + head * stride_qh
     for b in range(begin_req, end_req + 1):
-        seqlen = tl.minimum(tl.maximum(tl.load(SEQLENS + b), 0), seqlen_cap)  # clamp: never read past the table
-        lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
-        hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(seqlen, PLAN_TILE)) * PLAN_TILE, seqlen)
-        has_work = (hi > lo) | (seqlen == 0)  # an empty request is owned by exactly one part
+        seqlen, lo, hi, _, has_work = request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap,
+                                                    PLAN_TILE)
         key_end = seqlen - key_shift
 
         q_ptrs = q_rows + b * stride_qb

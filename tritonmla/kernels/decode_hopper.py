@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .constants import D_QK, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
-from .decode import fixed_strides
+from .decode import fixed_strides, plan_row, request_tiles
 from .decode_hopper_seesaw import bind_decode_seesaw
 from .launch import BoundKernel
 
@@ -138,20 +138,13 @@ def mla_decode_hopper_kernel(
     s_cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_mma))
     col0 = kv_head * (QK_BOXES * BOX)  # the cache is seen by TMA as [tokens, heads_kv * 576]
 
-    sched = SCHED + part * SCHED_ROW
-    begin_req = gl.load(sched + 0)
-    begin_tile = gl.load(sched + 1)
-    end_req = gl.load(sched + 2)
-    end_tile = gl.load(sched + 3)
-    begin_split = gl.load(sched + 4)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, part, SCHED_ROW)
 
     it = 0  # tiles consumed by this program so far: ring slot = it % NUM_STAGES, phase = (it // NUM_STAGES) & 1
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        seqlen = gl.minimum(gl.maximum(gl.load(SEQLENS + b), 0), seqlen_cap)
-        lo = gl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
-        hi = gl.minimum(gl.where(b == end_req, end_tile, gl.cdiv(seqlen, PLAN_TILE)) * PLAN_TILE, seqlen)
-        has_work = (hi > lo) | (seqlen == 0)
+        seqlen, lo, hi, _, has_work = request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap,
+                                                    PLAN_TILE)
         key_end = gl.expand_dims(seqlen - key_shift, 1)
         bt_row = BLOCK_TABLE + b64 * stride_btb
         n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)

@@ -38,7 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 from .constants import D_QK, D_V, LOG2E, LN2, PLAN_TILE, SCHED_ROW
-from .decode import fixed_strides
+from .decode import fixed_strides, plan_row, request_tiles
 from .launch import BoundKernel
 
 BLOCK_M = gl.constexpr(64)  # query rows per program: the wgmma M of one warpgroup
@@ -90,22 +90,6 @@ def stall(STRESS_DELAY_NS: gl.constexpr):
 
 
 @gluon.jit
-def tile_range(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap):
-    """This part's token range [lo, hi) of request b and its number of 64-token tiles."""
-    seqlen = gl.minimum(gl.maximum(gl.load(SEQLENS + b), 0), seqlen_cap)
-    lo = gl.where(b == begin_req, begin_tile, 0) * BLOCK_N
-    hi = gl.minimum(gl.where(b == end_req, end_tile, gl.cdiv(seqlen, BLOCK_N)) * BLOCK_N, seqlen)
-    n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
-    return seqlen, lo, hi, n_tiles
-
-
-@gluon.jit
-def part_range(SCHED, SCHED_ROW: gl.constexpr):
-    sched = SCHED + gl.program_id(2) * SCHED_ROW
-    return gl.load(sched + 0), gl.load(sched + 1), gl.load(sched + 2), gl.load(sched + 3), gl.load(sched + 4)
-
-
-@gluon.jit
 def issue_box(k_desc, row, col0, kv_smem, rope_smem, ready, SLOT: gl.constexpr, c: gl.constexpr):
     bar = ready.index(SLOT * QK_BOXES + c)
     mbarrier.expect(bar, k_desc.block_type.nbytes)
@@ -135,11 +119,12 @@ def kv_producer(k_desc, kv_smem, rope_smem, ready, empty, BLOCK_TABLE, SEQLENS, 
                 PAGE_SIZE: gl.constexpr, SCHED_ROW: gl.constexpr):
     """One warp: walk the same plan as the consumers and TMA tile t of each request into slot t % 2."""
     col0 = gl.program_id(1) * (QK_BOXES * BOX)  # the cache is seen by TMA as [tokens, heads_kv * 576]
-    begin_req, begin_tile, end_req, end_tile, _ = part_range(SCHED, SCHED_ROW)
+    begin_req, begin_tile, end_req, end_tile, _ = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     fills_a = 0  # fills of slot 0 so far; the k-th fill waits for the (k-1)-th release: phase (k & 1) ^ 1
     fills_b = 0
     for b in range(begin_req, end_req + 1):
-        seqlen, lo, hi, n_tiles = tile_range(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap)
+        seqlen, lo, hi, n_tiles, has_work = request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile,
+                                                          seqlen_cap, BLOCK_N)
         bt_row = BLOCK_TABLE + b.to(gl.int64) * stride_btb
         for t in range(n_tiles):
             slot = t % 2
@@ -245,13 +230,13 @@ def seesaw_consumer(
         key_shift = gl.zeros([BLOCK_M], gl.int32, s_row)
     s_cols = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_mma))
 
-    begin_req, begin_tile, end_req, end_tile, begin_split = part_range(SCHED, SCHED_ROW)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     uses_a = 0  # uses of ring slot 0 / 1 so far (the phase of their `ready` barriers)
     uses_b = 0
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        seqlen, lo, hi, n_tiles = tile_range(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap)
-        has_work = (hi > lo) | (seqlen == 0)
+        seqlen, lo, hi, n_tiles, has_work = request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile,
+                                                          seqlen_cap, BLOCK_N)
         key_end = gl.expand_dims(seqlen - key_shift, 1)
 
         # Q of this request: each warpgroup stores half of the boxes. Both finished every wgmma on the previous

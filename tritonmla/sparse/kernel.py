@@ -34,6 +34,7 @@ import triton.language as tl
 from .._runtime import interpreter_enabled
 from ..combine.combine import round_to
 from ..kernels.constants import D_V, LN2, LOG2E, LOG2E_JIT, PLAN_TILE, SCHED_ROW
+from ..kernels.decode import plan_row
 from ..kernels.launch import BoundKernel
 from .quant import FP8Layout, V32
 
@@ -129,13 +130,6 @@ def attend(q_main, q_rope, k, k_rope, ok, m_i, l_i, acc, qk_scale_log2, IS_V32: 
     else:
         acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k)
     return m_new, l_i, acc
-
-
-@triton.jit
-def plan_row(SCHED, part, SCHED_ROW: tl.constexpr):
-    """A part's row of the plan: (begin_req, begin_tile, end_req, end_tile, begin_split)."""
-    sched = SCHED + part * SCHED_ROW
-    return tl.load(sched + 0), tl.load(sched + 1), tl.load(sched + 2), tl.load(sched + 3), tl.load(sched + 4)
 
 
 @triton.jit

@@ -36,7 +36,8 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from ..kernels.constants import D_V, LN2, LOG2E_JIT, PLAN_TILE, SCHED_ROW
 from ..kernels.launch import BoundKernel
-from .kernel import plan_row, request_range  # (plain-Triton scalar helpers, shared with the portable kernel)
+from ..kernels.decode import plan_row  # (plain-Triton scalar helpers, shared with the other kernels)
+from .kernel import request_range
 
 BLOCK_M = gl.constexpr(64)  # query heads per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per tile (= PLAN_TILE)
