@@ -1,6 +1,8 @@
-"""Compile the sparse decode kernel (tritonmla.sparse.kernel) and the sink-aware combine for sm_90 on a machine
-without a GPU (frontend + ptxas, no launch): catches compile errors and shows shared memory and spills before
-spending device time. TRITONMLA_SPARSE_CONFIG="block_m,block_n,warps,stages,programs_per_sm" picks the tiles.
+"""Compile the sparse decode kernels (portable: tritonmla.sparse.kernel; Gluon: tritonmla.sparse.kernel_hopper) and
+the sink-aware combine for sm_90 on a machine without a GPU (frontend + ptxas, no launch): catches compile errors
+and shows shared memory and spills before spending device time; PTX_DIR=dir writes each variant's PTX there (for
+experiments/ptx_snapshot.sh). TRITONMLA_SPARSE_CONFIG="block_m,block_n,warps,stages,programs_per_sm" picks the
+portable kernel's tiles.
 Run: PYTHONPATH=. python experiments/compile_sparse_offline.py"""
 import collections
 import os
@@ -12,9 +14,11 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
 from tritonmla.combine import combine as C
 from tritonmla.sparse import kernel as K
+from tritonmla.sparse import kernel_hopper as H
 from tritonmla.sparse.quant import MODEL1, V32
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -58,6 +62,29 @@ def compile_decode(layout, heads_q, dtype="bf16", page=64, page2=64, has=(True, 
           f"{resources(k)}, wgmma {len(re.findall(r'wgmma.mma_async', k.asm['ptx']))}, loads {dict(loads)}")
 
 
+def compile_hopper(layout, dtype="bf16", page=64, page2=64, has=(True, True, True, True)):
+    fn = H.sparse_decode_hopper_kernel
+    names = fn.arg_names
+    ptr = {"Q": f"*{dtype}", "OUT": f"*{dtype}", "K": "*u8", "K2": "*u8", "INDICES": "*i32", "TOPK_LEN": "*i32",
+           "INDICES2": "*i32", "TOPK_LEN2": "*i32", "SINK": "*fp32", "SCHED": "*i32", "NUM_SPLITS": "*i32",
+           "LSE": "*fp32", "OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32"}
+    const = dict(IS_V32=layout is V32, D_NOPE=layout.d_nope, ROW_BYTES=layout.row_bytes, PAGE_SIZE=page,
+                 PAGE_SIZE2=page2, HAS_LEN=has[0], HAS_EXTRA=has[1], HAS_LEN2=has[2], HAS_SINK=has[3], PLAN_TILE=64,
+                 SCHED_ROW=8, num_warps=H.NUM_WARPS)
+    sig = {n: ptr.get(n) or ("constexpr" if n in const else "fp32" if n == "qk_scale_log2" else "i32")
+           for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if n in ptr or (n.startswith("stride_") and n != "stride_lh")}
+    k = triton.compile(GluonASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}, attrs),
+                       target=TARGET, options={"num_warps": H.NUM_WARPS})
+    if os.environ.get("PTX_DIR"):
+        ptx = "\n".join(line for line in k.asm["ptx"].splitlines() if not re.match(r"\s*(\.loc|//|\.file)", line))
+        name = f"sparse_hopper_{layout.name}_{dtype}_{page}_{page2}_{sum(has)}.ptx"
+        pathlib.Path(os.environ["PTX_DIR"], name).write_text(ptx)
+    print(f"Gluon {layout.name} {dtype} page {page}/{page2} has {has}: shared {k.metadata.shared} B, {resources(k)}, "
+          f"wgmma {len(re.findall(r'wgmma.mma_async', k.asm['ptx']))}")
+
+
 def compile_combine():
     fn = C.mla_combine_sink_kernel
     names = fn.arg_names
@@ -77,3 +104,8 @@ if __name__ == "__main__":
             compile_decode(lay, h)
     compile_decode(V32, 64, page=61, page2=2, has=(False, False, False, False))
     compile_decode(MODEL1, 20, dtype="fp16", page=576, page2=2)
+    for lay in (V32, MODEL1):
+        compile_hopper(lay)
+    compile_hopper(V32, "fp16", 61, 2, (False, False, False, False))
+    compile_hopper(MODEL1, "fp16", 576, 2, (True, False, False, True))
+    compile_hopper(V32, "bf16", 64, 64, (False, True, True, False))

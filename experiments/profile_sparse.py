@@ -1,5 +1,6 @@
-"""EXPERIMENT (being worked on, issue 10): one V3.2 production sparse decode step (b 64, h_q 128, s_q 2, topk 2048)
-for ncu. Run: ncu --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 python experiments/profile_sparse.py"""
+"""EXPERIMENT (being worked on, issue 10): one V3.2 production sparse decode step (b 64, h_q 128, s_q 2,
+topk 2048) for ncu. Run:
+ncu --kernel-name regex:sparse_decode --launch-skip 2 --launch-count 1 python experiments/profile_sparse.py"""
 import torch
 
 import tritonmla as tm

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.constants import D_QK, D_V, SCHED_ROW
+from .calls import tracing
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 MAX_PAGE_SIZE = 256
@@ -166,8 +167,7 @@ def _check_fp8_cache(name: str, cache, layout, device: torch.device) -> None:
     if (cache.stride(0) < page_size * token_bytes and num_blocks > 1) or cache.stride(0) % align:
         raise ValueError(f"{name} block stride (stride(0)) must be a multiple of {align} bytes and at least "
                          f"page_size * {token_bytes} = {page_size * token_bytes}, got {cache.stride(0)}")
-    # (Traced: no address yet; the call checks it when it runs, tritonmla.sparse.call.)
-    if not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0 and cache.data_ptr() % align:
+    if not tracing() and cache.data_ptr() % align:  # (traced: no address yet; the op checks it when it runs)
         raise ValueError(f"{name} must start at a {align}-byte aligned address (its scales are read in "
                          f"{align}-byte words)")
 

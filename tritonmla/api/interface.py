@@ -14,7 +14,7 @@ Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) wa
 lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.api.calls); the
 argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under
 torch.compile and other tracing the same work goes through torch.library custom ops (tritonmla.api.op).
-Sparse calls (indices given) are cached the same way (tritonmla.sparse.call); they have no custom op yet.
+Sparse calls (indices given) are cached the same way (tritonmla.sparse.call), with their own custom op.
 """
 from __future__ import annotations
 
@@ -264,11 +264,8 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
         if kernel is not None and not isinstance(kernel, str):
             raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
         dispatch.requested_kernel(kernel)  # ValueError for a bad name (TRITONMLA_KERNEL=hopper: dense only)
-        if kernel == "hopper":
-            why = dispatch.hopper_device(q.device) or ("h_q <= 32 runs on the portable kernel"
-                                                        if q.shape[2] <= 32 else None)
-            if why is not None:
-                raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {why}")
+        if kernel == "hopper" and sparse_call.hopper_unsupported(q) is not None:
+            raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {sparse_call.hopper_unsupported(q)}")
         scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         if not tracing:
             call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,

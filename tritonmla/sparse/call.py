@@ -39,6 +39,11 @@ def sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra
             is_fp8_kvcache, type(is_fp8_kvcache), kernel)
 
 
+def hopper_unsupported(q) -> Optional[str]:
+    """None if the Gluon kernel (tritonmla.sparse.kernel_hopper) can take this sparse call, else why not."""
+    return dispatch.hopper_device(q.device) or ("h_q <= 32 runs on the portable kernel" if q.shape[2] <= 32 else None)
+
+
 class SparseCall:
     """One checked configuration of the sparse decode step."""
 
@@ -49,11 +54,11 @@ class SparseCall:
         self.device = q.device
         self.device_index = q.device.index if q.device.type == "cuda" else None
         self.reference = not uses_triton(q.device)
-        # The Gluon kernel (tritonmla.sparse.kernel_hopper) on SM90 for h_q > 32; "portable" forces the other,
-        # "hopper" insists (a build failure raises instead of falling back).
+        # The Gluon kernel where it can run; "portable" forces the other, "hopper" insists (a build failure
+        # raises instead of falling back).
         requested = dispatch.requested_kernel(kernel)
         self.insist = requested == "hopper"
-        self.hopper = requested != "portable" and dispatch.hopper_device(q.device) is None and q.shape[2] > 32
+        self.hopper = requested != "portable" and hopper_unsupported(q) is None
         self.softmax_scale = softmax_scale
         self.topk = indices.shape[-1]
         self.extra_topk = extra_indices.shape[-1] if extra_indices is not None else None

@@ -145,20 +145,11 @@ def load_tile(row, scales, ok, IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, R
 
 
 @gluon.jit
-def unpack(words, parts: gl.constexpr, dtype: gl.constexpr, layout: gl.constexpr):
-    """[rows, n] int32 -> [rows, n * parts] dtype: the 4 bytes (parts 4) or 2 halves (parts 2) of each word, in
-    memory order."""
-    bits: gl.constexpr = 32 // parts
-    mask: gl.constexpr = (1 << bits) - 1
-    small: gl.constexpr = gl.uint8 if parts == 4 else gl.uint16
-    lo = gl.join((words & mask).to(small), ((words >> bits) & mask).to(small))
-    if parts == 4:
-        hi = gl.join(((words >> 16) & mask).to(small), ((words >> 24) & mask).to(small))
-        x = gl.permute(gl.join(lo, hi), (0, 1, 3, 2))
-    else:
-        x = lo
-    x = gl.reshape(x, [words.shape[0], words.shape[1] * parts])
-    return gl.convert_layout(x.to(dtype, bitcast=True), layout)
+def unpack_bf16(words, layout: gl.constexpr):
+    """[rows, n] int32 -> [rows, 2n] bf16: the two halves of each word, in memory order (the RoPE values)."""
+    x = gl.join((words & 0xFFFF).to(gl.uint16), ((words >> 16) & 0xFFFF).to(gl.uint16))
+    x = gl.reshape(x, [words.shape[0], words.shape[1] * 2])
+    return gl.convert_layout(x.to(gl.bfloat16, bitcast=True), layout)
 
 
 @gluon.jit
@@ -192,7 +183,7 @@ def dequantize_tile(codes, words, rope, ok, k_tile, rope_tile, factor_slot,
     """Gathered bytes -> shared memory: k_tile [64, 512] fp16 (row j divided by 2^e_j), V32's RoPE box in
     ROPE_DTYPE, and each row's factor 2^e_j (-1 for a row not attended)."""
     tok: gl.constexpr = gl.SliceLayout(1, word_l)
-    rope_f = unpack(rope, 2, gl.bfloat16, box_l).to(gl.float32)
+    rope_f = unpack_bf16(rope, box_l).to(gl.float32)
     e = gl.convert_layout(exponent_of(gl.max(gl.abs(rope_f), 1)), tok) - 14  # RoPE values < 2^15 after the shift
     for c in gl.static_range(NOPE_BOXES):
         e = gl.maximum(e, exponent_of(group_scale(words, c, IS_V32)) - 6)  # scale < 2^7: code x scale < 2^16
