@@ -47,3 +47,17 @@ def sparse_step(x):
 
     return step, (x.q, x.k_cache, x.indices, x.topk_length, x.attn_sink, x.extra_k_cache, x.extra_indices,
                   x.extra_topk_length)
+
+
+def assert_graph_replays_bitwise(step, want_out: torch.Tensor, want_lse: torch.Tensor, replays: int) -> None:
+    """Capture step() (returning out, lse) in a CUDA graph and replay it `replays` times over NaN-poisoned
+    outputs: every replay must give want_out / want_lse bit for bit."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+    for _ in range(replays):
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want_out) and torch.equal(lse, want_lse)

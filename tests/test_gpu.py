@@ -15,7 +15,7 @@ from tritonmla.kernels import dispatch
 from tritonmla.kernels.decode import mla_decode_kernel
 from tritonmla.scheduler.metadata import num_parts_for, plan_kernel
 
-from helpers import assert_close, make_decode_inputs, random_seqlens
+from helpers import assert_close, assert_graph_replays_bitwise, make_decode_inputs, random_seqlens
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -344,15 +344,7 @@ def test_seesaw_handoffs_with_delayed_writers_are_bitwise_stable(seqlens):
     try:
         decode_hopper_seesaw.STRESS_DELAY_NS = 4000
         calls.clear()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out, lse = step()
-        for _ in range(200 if len(seqlens) < 16 else 30):
-            out.fill_(float("nan"))
-            lse.fill_(float("nan"))
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+        assert_graph_replays_bitwise(step, want_out, want_lse, 200 if len(seqlens) < 16 else 30)
     finally:
         decode_hopper_seesaw.STRESS_DELAY_NS = 0
         calls.clear()

@@ -288,3 +288,13 @@ def test_torch_compile_traces_sparse_decoding(d_qk):
     want_out, want_lse = step(*args)
     assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
     check(x, out / 2, lse)
+
+
+def test_warmup_sparse_runs_each_seq_q_and_rejects_bad_configs():
+    """warmup_sparse runs one call per s_q of the configuration (both layouts, every optional argument); a
+    configuration flash_mla_with_kvcache rejects raises the same error here (h_q 128 with d_qk 500: no layout)."""
+    assert tritonmla.warmup_sparse(16, 576, 64, seq_q=(1, 2), page_size=3, topk_length=True, attn_sink=True) == 2
+    assert tritonmla.warmup_sparse(16, 512, 64, seq_q=1, page_size=2, dtype=torch.float16, extra_topk=32,
+                                   extra_page_size=5, extra_topk_length=True) == 1
+    with pytest.raises(ValueError):
+        tritonmla.warmup_sparse(16, 576, 64, page_size=3, kernel="no-such-kernel")

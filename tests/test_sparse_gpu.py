@@ -20,7 +20,7 @@ from tritonmla.sparse import call as sparse_call
 from tritonmla.sparse.quant import (block_bytes, cache_view, dequantize_kv_cache, layout_for, quantize_blocks,
                                     quantize_kv_cache)
 
-from helpers import assert_close, sparse_step
+from helpers import assert_close, assert_graph_replays_bitwise, sparse_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -252,6 +252,65 @@ def test_gluon_kernel_values_past_fp16_range(d_qk, what):
     unit = 1.0 if what == "q" else 2.0 ** 17  # (out / 2^17 is exact: the tolerances apply at the usual scale)
     assert_close("out", out / unit, ref_out / unit, **OUT_TOL)
     assert_close("lse", lse, ref_lse, **LSE_TOL)
+
+
+def compiled_sparse_variants() -> int:
+    from tritonmla.combine import combine
+    from tritonmla.sparse import kernel, kernel_hopper
+    fns = [kernel.sparse_decode_kernel, kernel_hopper.sparse_decode_hopper_kernel, combine.mla_combine_sink_kernel]
+    return sum(len(cache[0]) for fn in fns for cache in fn.device_caches.values())
+
+
+@pytest.mark.parametrize("d_qk, heads_q", [(576, 128), (512, 64), (576, 16)])
+def test_no_compile_after_warmup_sparse_across_batch_sizes(d_qk, heads_q):
+    """warmup_sparse() compiles what a configuration uses (V3.2: topk_length and a sink; MODEL1: an extra cache
+    with its lengths; h_q 16: the portable kernel); then batches of many sizes, s_q 1 and 2, fresh caches and
+    indices compile nothing."""
+    extra = (512, 2, 1024) if d_qk == 512 else None
+    tritonmla.warmup_sparse(heads_q, d_qk, 2048, seq_q=(1, 2), page_size=64, topk_length=True, attn_sink=True,
+                            extra_topk=extra[0] if extra else None, extra_page_size=2, extra_topk_length=bool(extra))
+    before = compiled_sparse_variants()
+    for batch in (1, 3, 17, 64, 130):
+        x = make_sparse_inputs(batch, 1 + batch % 2, heads_q, d_qk, 2048, 64, 4096, extra=extra,
+                               have_topk_length=True, have_extra_topk_length=bool(extra), device="cuda", seed=batch)
+        out, lse = run_api(x)
+        if batch in (3, 64):
+            check(x, out, lse)
+    torch.cuda.synchronize()
+    assert compiled_sparse_variants() == before
+
+
+@needs_sm90
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk):
+    """The Gluon kernel's warpgroups hand over K slots (producer -> softmax warpgroup -> warpgroup 1), P, the row
+    rescale and the epilogue factor. Rebuilt with every thread sleeping a different 0-4 us before it writes what
+    another warpgroup reads (and before it reads what another writes next), and replayed in a CUDA graph, it gives
+    bit for bit what the undelayed kernel gives: a hand-off that did not order every writer before the readers
+    would lose the late writers' values, one that did not order the readers before the next write would hand them
+    the next value."""
+    from tritonmla.sparse import kernel_hopper
+
+    extra = (64, 2, 512) if d_qk == 512 else None
+    x = make_sparse_inputs(6, 2, 128, d_qk, 2048, 64, 4096, extra=extra, have_topk_length=True, device="cuda",
+                           seed=13)
+    meta, _ = tritonmla.get_mla_metadata()
+
+    def step():
+        return tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, None, None, 512, meta, None, **x.kwargs())
+
+    sparse_call.clear()
+    want_out, want_lse = step()
+    assert int((meta.num_splits[1:] - meta.num_splits[:-1]).max()) >= 2  # (partials and the combine too)
+    try:
+        kernel_hopper.STRESS_DELAY_NS = 4000
+        sparse_call.clear()
+        step()  # (binds the delayed build outside the capture)
+        assert_graph_replays_bitwise(step, want_out, want_lse, 30)
+    finally:
+        kernel_hopper.STRESS_DELAY_NS = 0
+        sparse_call.clear()
+    check(x, want_out, want_lse)
 
 
 @needs_sm90

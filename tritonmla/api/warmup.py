@@ -40,3 +40,45 @@ def warmup(num_heads_q: int, num_heads_k: int = 1, seq_q: Union[int, Iterable[in
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return len(combos)
+
+
+def warmup_sparse(num_heads_q: int, d_qk: int = 576, topk: int = 2048, seq_q: Union[int, Iterable[int]] = (1,),
+                  page_size: int = 64, dtype: torch.dtype = torch.bfloat16, topk_length: bool = False,
+                  attn_sink: bool = False, extra_topk: Optional[int] = None, extra_page_size: int = 64,
+                  extra_topk_length: bool = False, device: Optional[Union[str, torch.device]] = None,
+                  kernel: Optional[str] = None) -> int:
+    """warmup() for sparse FP8 decoding: run the kernel variants that calls of this configuration use (the
+    layout by d_qk: 576 V3.2, 512 MODEL1; the optional arguments the engine passes: topk_length, attn_sink, an
+    extra cache of extra_topk slots and its extra_topk_length), so that none compiles while serving. Variants do
+    not depend on the batch size, the cache size, the lengths or the indices' values. Returns the number of s_q
+    values run. Raises what flash_mla_with_kvcache raises for a bad config."""
+    from ..sparse.quant import quantize_kv_cache  # (the sparse stage, imported on use)
+
+    seq_qs = [seq_q] if isinstance(seq_q, int) else list(seq_q)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    gen = torch.Generator(device=device).manual_seed(0)
+    batch = 2
+
+    def cache_and_indices(slots: int, page: int, s_q: int):
+        blocks = 2
+        k = quantize_kv_cache(torch.randn(blocks, page, 1, d_qk, generator=gen, device=device) / 10)
+        idx = torch.randint(-1, blocks * page, (batch, s_q, slots), generator=gen, device=device, dtype=torch.int32)
+        return k, idx
+
+    for s_q in seq_qs:
+        q = (torch.randn(batch, s_q, num_heads_q, d_qk, generator=gen, device=device) / 10).to(dtype)
+        k_cache, indices = cache_and_indices(topk, page_size, s_q)
+        kwargs = dict(is_fp8_kvcache=True, indices=indices)
+        if topk_length:
+            kwargs["topk_length"] = torch.tensor([topk, topk // 2], dtype=torch.int32, device=device)
+        if attn_sink:
+            kwargs["attn_sink"] = torch.zeros(num_heads_q, dtype=torch.float32, device=device)
+        if extra_topk is not None:
+            kwargs["extra_k_cache"], kwargs["extra_indices_in_kvcache"] = cache_and_indices(extra_topk,
+                                                                                           extra_page_size, s_q)
+            if extra_topk_length:
+                kwargs["extra_topk_length"] = torch.tensor([extra_topk, 1], dtype=torch.int32, device=device)
+        flash_mla_with_kvcache(q, k_cache, None, None, D_V, get_mla_metadata()[0], None, kernel=kernel, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return len(seq_qs)

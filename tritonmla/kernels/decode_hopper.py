@@ -43,6 +43,18 @@ V_BOXES = gl.constexpr(D_V // BOX.value)  # 8
 
 
 @gluon.jit
+def online_softmax(s, m_i, l_i):
+    """One tile of the online softmax (log2 domain): scores s [rows, n] (masked entries -inf), running max m_i and
+    sum l_i -> (m', l', alpha = 2^(m - m'), p = 2^(s - m')). A row with nothing visible yet keeps max -inf and
+    subtracts 0, so its p is 0. Shared by the Gluon kernels (dense and sparse)."""
+    m_new = gl.maximum(m_i, gl.max(s, 1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s - gl.expand_dims(m_safe, 1))
+    return m_new, l_i * alpha + gl.sum(p, 1), alpha, p
+
+
+@gluon.jit
 def issue_kv_tile(k_desc, bt_row, start, col0, slot, kv_smem, rope_smem, ready, PAGE_SIZE: gl.constexpr):
     """TMA the 64-token tile starting at token `start` (inside one page) into ring slot `slot`, as 9 boxes."""
     page = gl.load(bt_row + start // PAGE_SIZE)
@@ -176,12 +188,7 @@ def mla_decode_hopper_kernel(
             slot = it % NUM_STAGES
             tok = gl.expand_dims(start + s_cols, 0)
             s = gl.where((tok < hi) & (tok < key_end), s * qk_scale_log2, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, 1))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at 0
-            alpha = gl.exp2(m_i - m_safe)
-            p = gl.exp2(s - gl.expand_dims(m_safe, 1))
-            l_i = l_i * alpha + gl.sum(p, 1)
-            m_i = m_new
+            m_i, l_i, alpha, p = online_softmax(s, m_i, l_i)
             p_smem.store(p.to(dtype))
             fence_async_shared()
             gl.thread_barrier()  # P is read whole by both warpgroups

@@ -1,6 +1,6 @@
 """Hopper (SM90) sparse FP8 decode kernel in Gluon: the portable kernel's math, plan walk and outputs
-(tritonmla.sparse.kernel), with the tile pipeline placed by hand. It runs h_q > 32 on SM90; the portable kernel
-keeps the rest (and the CPU).
+(tritonmla.sparse.kernel), warp-specialized as FlashMLA's sparse decode. It runs h_q > 32 on SM90; the portable
+kernel keeps the rest (and the CPU).
 
 Math, per query row q (64 heads of one query position per program) and the cache rows k_j its index lists name
 (rows not named, or outside the cache, are masked):
@@ -18,32 +18,42 @@ Outside that range a power of two is moved out of the row: a query row with |q| 
 scores multiplied back; a key row whose scales or RoPE values could pass 2^16 is stored / 2^e (e <= 15) and its
 score and P column multiplied back (P 2^e <= 2^15 stays finite). fp16 P keeps more bits than bf16.
 
-Pipeline, 8 warps = two warpgroups side by side along N (each owns half the columns of S and of O, as
-tritonmla.kernels.decode_hopper); the rows are gathered by index (no TMA on SM90), so every thread loads,
-dequantizes and stores. Per 64-token tile t (attend_tile), with two K slots in shared memory:
-    S(t) = wgmma(Q, K(t)^T) issued; while it runs, tile t+3's rows are asked of L2 (prefetch) and tile t+4's
-    indices loaded; softmax; P -> shared memory; O += wgmma(P, K(t)) issued; while it runs, tile t+1's bytes
-    (loaded during the previous tile, held in registers as 32-bit words) are dequantized into the other slot,
-    then tile t+2's bytes loaded (from L2 by then).
-Q (64 heads x 576, fp16 NoPE + RoPE box) stays in shared memory per request. Unused slots load nothing (masked
-loads) and come out 0 with a -inf score, so an unused row's NaN never enters a dot.
+Three warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.2's RoPE box) in shared memory:
+    softmax warpgroup: Q -> shared memory per request; per tile S = Q K^T (wgmma N = 64, so Q is read once),
+        softmax, P (fp16) -> shared memory with the row rescale alpha, O[:, :256] = O alpha + P V[:, :256] with P
+        from registers; the row sums and the epilogue factor.
+    warpgroup 1 (default partition): per tile O[:, 256:] = O alpha + P V[:, 256:] (P from shared memory).
+    producer: gathers each tile's rows by index (no TMA on SM90; 32-bit words, the next tile's held in registers
+        until its slot is free, L2 prefetch two tiles ahead, indices three), dequantizes them into a slot.
+Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
+side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
+across it (an mbarrier arrive from one elected thread would release only that thread's writes):
+    READY[slot]: producer (arrives after writing the slot and fencing it for wgmma) -> softmax warpgroup;
+    EMPTY[slot]: both consumer warpgroups (arrive once their wgmmas on the slot completed) -> producer;
+    P_READY / P_FREE: softmax warpgroup -> warpgroup 1 (P, alpha, the epilogue factor) and back.
+Every barrier alternates arrive and sync (the opposite hand-off bounds the skew), and every arrive is matched by
+a sync, including the last tiles' (no barrier left mid-generation at exit). Warpgroup 1 reads a slot only after
+P_READY, which the softmax warpgroup arrives after its READY sync. Unused slots load nothing (masked loads) and
+come out 0 with a -inf score, so an unused row's NaN never enters a dot.
 """
 from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, warpgroup_mma, warpgroup_mma_wait)
 
 from ..kernels.constants import D_V, LN2, LOG2E_JIT, PLAN_TILE, SCHED_ROW
-from ..kernels.launch import BoundKernel
 from ..kernels.decode import plan_row  # (plain-Triton scalar helpers, shared with the other kernels)
+from ..kernels.decode_hopper import online_softmax
+from ..kernels.decode_hopper_seesaw import named_barrier, stall
+from ..kernels.launch import BoundKernel
 from .kernel import request_range
 
 BLOCK_M = gl.constexpr(64)  # query heads per program: the wgmma M of one warpgroup
 BLOCK_N = gl.constexpr(64)  # tokens per tile (= PLAN_TILE)
 BOX = gl.constexpr(64)  # columns per shared-memory box / loaded block
 V_BOXES = gl.constexpr(D_V // 64)  # 8: K/V tile columns 0..511 (V32: NoPE; MODEL1: 448 NoPE + 64 RoPE)
-NUM_WARPS = 8
 
 
 @gluon.jit
@@ -202,136 +212,165 @@ def dequantize_tile(codes, words, rope, ok, k_tile, rope_tile, factor_slot,
     factor_slot.store(gl.where(ok, pow2(shift), -1.0))
 
 
+HALF = gl.constexpr(D_V // 2)  # output columns per consumer warpgroup
+NUM_WARPS = 4  # per warpgroup; the kernel runs 4 + 4 + 4 warps
+MAXNREG = 168  # 12 warps x 168 = the register file, re-split below
+# If any partition's share is below what its code needs, ptxas drops every setmaxnreg (C7507) and serializes the
+# wgmmas (C7512): warpgroup 1 (the default partition: O[:, 256:] and its epilogue) needs ~160 and gets the rest,
+# 2016 / 4 - 208 - 128 = 168; the producer fits 128 (with some spills), the softmax warpgroup gets 208.
+SOFTMAX_REGS = gl.constexpr(208)
+PRODUCER_REGS = gl.constexpr(128)
+# Named barriers over the two consumer warpgroups (Triton's warp_specialize uses ids 0, 1 and 2.. per partition).
+ARRIVE_P_READY = gl.constexpr("barrier.arrive 8, 256;")
+SYNC_P_READY = gl.constexpr("barrier.sync 8, 256;")
+ARRIVE_P_FREE = gl.constexpr("barrier.arrive 9, 256;")
+SYNC_P_FREE = gl.constexpr("barrier.sync 9, 256;")
+# Per K slot s: READY (id 10 + s) producer -> softmax warpgroup, EMPTY (id 12 + s) both consumers -> producer.
+ARRIVE_READY = gl.constexpr("barrier.arrive $1, 256;")
+SYNC_READY = gl.constexpr("barrier.sync $1, 256;")
+ARRIVE_EMPTY = gl.constexpr("barrier.arrive $1, 384;")
+SYNC_EMPTY = gl.constexpr("barrier.sync $1, 384;")
+READY_ID = gl.constexpr(10)
+EMPTY_ID = gl.constexpr(12)
+STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay every writer and reader of a hand-off; 0 in use
+
+
 @gluon.jit
-def attend_tile(t, n_tiles, q16, q_rope, k_tile, rope_tile, factor_tile, k_next, rope_next, factor_next, p_smem,
-                m_i, l_i, o, raw, near, far, row_scale, K, K2, idx_row, idx_row2, lo, main_end, len1, len2,
-                num_tokens, num_tokens2, stride_kblock, stride_k2block,
-                IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr,
-                ROW_BYTES: gl.constexpr, ROPE_OFFSET: gl.constexpr, D_NOPE: gl.constexpr, rope_dtype: gl.constexpr,
-                s_mma: gl.constexpr, o_mma: gl.constexpr, box_l: gl.constexpr, word_l: gl.constexpr,
-                rope_l: gl.constexpr, line_l: gl.constexpr, LOAD_FIRST: gl.constexpr):
-    """Tile t (landed in k_tile / rope_tile / factor_tile): S, softmax, O += P V; meanwhile tile t+1's bytes (raw)
-    are dequantized into the next slot, tile t+2's (near) loaded (LOAD_FIRST: before that), tile t+3's (far)
-    asked of L2 and tile t+4's indices loaded. Returns the updated (m_i, l_i, o, raw, near, far)."""
-    s_col: gl.constexpr = gl.SliceLayout(0, s_mma)
-    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
+def slot_barrier(ASM: gl.constexpr, first_id: gl.constexpr, slot):
+    """ASM (barrier.arrive / barrier.sync) on named barrier first_id + slot, once in each of this warpgroup's 128
+    threads (as decode_hopper_seesaw.named_barrier, with the barrier id in a register)."""
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    ids = gl.full([128], first_id, gl.int32, one_per_thread) + slot
+    gl.inline_asm_elementwise(ASM + " mov.b32 $0, $1;", "=r,r", [ids], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def request_tiles(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN, TOPK_LEN2, topk, topk2,
+                  HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr):
+    """kernel.request_range with the part's range as 64-token tiles: (len1, main_end, len2, lo, n_tiles, has_work),
+    the same walk in all three warpgroups."""
+    len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
+                                                           TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
+                                                           PLAN_TILE)
+    return len1, main_end, len2, lo, gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N), has_work
+
+
+@gluon.jit
+def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
+             stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s,
+             num_tokens, num_tokens2, topk, topk2,
+             IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
+             PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
+             PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr,
+             STRESS_DELAY_NS: gl.constexpr):
+    """Walk the plan as the consumers do; tile g of this program goes to slot g % 2."""
+    box_l: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4, 1], [1, 0])
+    word_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
+    line_l: gl.constexpr = gl.BlockedLayout([1, 2], [8, 4], [4, 1], [1, 0])
     tok_w: gl.constexpr = gl.SliceLayout(1, word_l)
-    codes, words, rope, ok = raw
-    near_row, near_scales, near_ok = near
-    far_idx, far_ok = far
-    s = warpgroup_mma(q16, k_tile.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma), is_async=True)
-    if IS_V32:
-        s = warpgroup_mma(q_rope, rope_tile.permute((1, 0)), s, is_async=True)
-    # While S runs: tile t+3's rows to L2, tile t+4's indices.
-    far_row, far_scales, far_ok = tile_rows(K, K2, far_idx, far_ok, lo + (t + 3) * BLOCK_N, main_end, num_tokens,
-                                            num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
-                                            PAGE_SIZE2, ROW_BYTES, D_NOPE)
-    prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
-    far_idx, far_next_ok = tile_index(idx_row, idx_row2, lo + (t + 4) * BLOCK_N, main_end, len1, len2,
-                                      t + 4 < n_tiles, tok_w)
-    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    key_factor = gl.expand_dims(factor_tile.load(s_col), 0)
-    s = gl.where(key_factor > 0.0, s * gl.expand_dims(row_scale, 1) * key_factor, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, 1))
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet stays at 0
-    alpha = gl.exp2(m_i - m_safe)
-    p = gl.exp2(s - gl.expand_dims(m_safe, 1))
-    l_i = l_i * alpha + gl.sum(p, 1)
-    p_smem.store((p * key_factor).to(gl.float16))  # (an unattended row: p = 0)
-    fence_async_shared()
-    gl.thread_barrier()  # P is read whole by both warpgroups
-
-    o = o * gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
-    o = warpgroup_mma(p_smem, k_tile, o, is_async=True)
-    # While P V runs: tile t+1 (in registers) into the other slot, whose last reader (P V of t-1) is done; then
-    # the loads of tile t+2.
-    if LOAD_FIRST:
-        raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
-    if t + 1 < n_tiles:
-        dequantize_tile(codes, words, rope, ok, k_next, rope_next, factor_next, IS_V32, NOPE_BOXES, rope_dtype,
-                        box_l, word_l, rope_l)
-    if not LOAD_FIRST:
-        raw = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
-    o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
-    fence_async_shared()
-    gl.thread_barrier()  # tile t+1 complete; P and slot t free
-    return m_new, l_i, o, raw, (far_row, far_scales, far_ok), (far_idx, far_next_ok)
-
-
-@gluon.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
-def sparse_decode_hopper_kernel(
-    Q, K, INDICES, TOPK_LEN, K2, INDICES2, TOPK_LEN2, SINK, SCHED, NUM_SPLITS,
-    OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
-    qk_scale_log2,
-    stride_qb, stride_qs, stride_qh,
-    stride_kblock, stride_k2block,
-    stride_ib, stride_is, stride_i2b, stride_i2s,
-    stride_ob, stride_os, stride_oh,
-    stride_lb, stride_lh,
-    stride_ps, stride_pr, stride_pls,
-    heads_q, num_tokens, num_tokens2, topk, topk2,
-    IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
-    PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
-    HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, num_warps: gl.constexpr,
-):
-    dtype: gl.constexpr = Q.dtype.element_ty
-    rope_dtype: gl.constexpr = dtype  # V32's RoPE box: bf16 stays bf16 (no range limit), fp16 queries: fp16
     NOPE_BOXES: gl.constexpr = D_NOPE // BOX
-    ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)  # V32: after the 4 fp32 scales
-    # Tile t+2's loads before tile t+1's dequantization (both held in registers): MODEL1 (7 code boxes) has the
-    # registers for it and gains (H100, peak cases 0.90 -> 0.96x, 0.58 -> 0.64x of FlashMLA); V32 spills and
-    # loses (0.61 -> 0.58x), so it loads after (ptxas then issues the loads behind the wait on P V).
-    LOAD_FIRST: gl.constexpr = not IS_V32
-    s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16])
-    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
-    s_row: gl.constexpr = gl.SliceLayout(1, s_mma)
-    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
-    box_l: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [num_warps, 1], [1, 0])  # a [64, 64] box
-    word_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [num_warps, 1], [1, 0])  # its bytes: 16 per thread
-    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # 32 B / thread: RoPE, fp16
-    line_l: gl.constexpr = gl.BlockedLayout([1, 2], [8, 4], [num_warps, 1], [1, 0])  # 8 prefetch lines per row
-    tok_l: gl.constexpr = gl.SliceLayout(1, box_l)
-    tok_w: gl.constexpr = gl.SliceLayout(1, word_l)
-    wide_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, V_BOXES * BOX], gl.float16)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], gl.float16)
-    rope_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], rope_dtype)
-    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-
-    q16 = gl.allocate_shared_memory(gl.float16, [BLOCK_M, V_BOXES * BOX], wide_smem)
-    q_rope = gl.allocate_shared_memory(rope_dtype, [BLOCK_M, BOX], rope_layout)
-    k_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, V_BOXES * BOX], wide_smem)
-    rope_smem = gl.allocate_shared_memory(rope_dtype, [2, BLOCK_N, BOX], rope_layout)
-    p_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, BLOCK_N], p_layout)
-    factor_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], flat)
-
-    m_block = gl.program_id(0)
+    ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)
     q_pos = gl.program_id(1)
-    part = gl.program_id(2)
-
-    heads_b = m_block * BLOCK_M + gl.arange(0, BLOCK_M, tok_l)  # query rows as loaded (box layout)
-    cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
-    head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
-    heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)  # query rows of the output
-    head_ok = heads < heads_q
-    cols = gl.expand_dims(gl.arange(0, V_BOXES * BOX, gl.SliceLayout(0, o_mma)), 0)
-
-    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, part, SCHED_ROW)
-    if HAS_SINK:
-        sink2 = gl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
-
+    begin_req, begin_tile, end_req, end_tile, _ = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
+    g = 0
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
-                                                               TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
-                                                               PLAN_TILE)
-        n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
+        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
+                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
         idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
         idx_row2 = idx_row
         if HAS_EXTRA:
             idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+        # Tile 0's bytes loaded, tile 1's rows asked of L2, tile 2's indices.
+        idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w)
+        row, scales, ok = tile_rows(K, K2, idx, ok, lo, main_end, num_tokens, num_tokens2, stride_kblock,
+                                    stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
+        codes, words, rope, ok = load_tile(row, scales, ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
+        idx, near_ok = tile_index(idx_row, idx_row2, lo + BLOCK_N, main_end, len1, len2, n_tiles > 1, tok_w)
+        near_row, near_scales, near_ok = tile_rows(K, K2, idx, near_ok, lo + BLOCK_N, main_end, num_tokens,
+                                                   num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
+                                                   PAGE_SIZE2, ROW_BYTES, D_NOPE)
+        prefetch_rows(near_row, near_scales, near_ok, ROW_BYTES, IS_V32, line_l)
+        far_idx, far_ok = tile_index(idx_row, idx_row2, lo + 2 * BLOCK_N, main_end, len1, len2, n_tiles > 2, tok_w)
+        for t in range(n_tiles):
+            slot = g % 2
+            # Tile t+2's rows to L2, tile t+3's indices.
+            far_row, far_scales, far_ok = tile_rows(K, K2, far_idx, far_ok, lo + (t + 2) * BLOCK_N, main_end,
+                                                    num_tokens, num_tokens2, stride_kblock, stride_k2block, IS_V32,
+                                                    PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
+            prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
+            far_idx, far_next = tile_index(idx_row, idx_row2, lo + (t + 3) * BLOCK_N, main_end, len1, len2,
+                                           t + 3 < n_tiles, tok_w)
+            if g >= 2:  # tile g-2, the slot's previous tile, done by both consumers
+                slot_barrier(SYNC_EMPTY, EMPTY_ID, slot)
+            stall(STRESS_DELAY_NS)
+            dequantize_tile(codes, words, rope, ok, k_smem.index(slot), rope_smem.index(slot),
+                            factor_smem.index(slot), IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l)
+            fence_async_shared()  # generic-proxy writes, read next by wgmma
+            slot_barrier(ARRIVE_READY, READY_ID, slot)  # (every producer thread arrives after its own writes)
+            # Tile t+1's bytes, held in registers until its slot is free (they were asked of L2 a tile ago).
+            codes, words, rope, ok = load_tile(near_row, near_scales, near_ok, IS_V32, NOPE_BOXES, ROPE_OFFSET,
+                                               word_l, rope_l)
+            near_row, near_scales, near_ok = far_row, far_scales, far_ok
+            far_ok = far_next
+            g += 1
+    # The last two tiles' EMPTY arrivals, matched so that no barrier is left mid-generation.
+    if g >= 2:
+        slot_barrier(SYNC_EMPTY, EMPTY_ID, g % 2)
+    if g >= 1:
+        slot_barrier(SYNC_EMPTY, EMPTY_ID, (g + 1) % 2)
 
-        # Q -> shared memory: NoPE (and MODEL1's RoPE) boxes in fp16, V32's RoPE box in rope_dtype; a row with
-        # |q| >= 2^15 divided by 2^shift first (its scores multiplied back through row_scale).
+
+@gluon.jit
+def out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok):
+    """(direct: rows written to out/lse, partial: rows written to the partials, split row) of request b."""
+    split_begin = gl.load(NUM_SPLITS + b)
+    num_splits = gl.load(NUM_SPLITS + b + 1) - split_begin
+    split_row = (split_begin + gl.where(b == begin_req, begin_split, 0)).to(gl.int64)
+    return head_ok & has_work & (num_splits == 1), head_ok & has_work & (num_splits > 1), split_row
+
+
+@gluon.jit
+def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
+                      q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem,
+                      qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb,
+                      stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
+                      IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr,
+                      HAS_LEN2: gl.constexpr, HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr,
+                      SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
+    """Warpgroup 0: S, softmax, O[:, :256]; see the module docstring."""
+    dtype: gl.constexpr = Q.dtype.element_ty
+    s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_mma, k_width=2)
+    s_row: gl.constexpr = gl.SliceLayout(1, s_mma)
+    s_col: gl.constexpr = gl.SliceLayout(0, s_mma)
+    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
+    box_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    tok_l: gl.constexpr = gl.SliceLayout(1, box_l)
+    m_block = gl.program_id(0)
+    q_pos = gl.program_id(1)
+    heads_b = m_block * BLOCK_M + gl.arange(0, BLOCK_M, tok_l)
+    head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
+    cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
+    heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)
+    head_ok = heads < heads_q
+    cols = gl.expand_dims(gl.arange(0, HALF, gl.SliceLayout(0, o_mma)), 0)
+    if HAS_SINK:
+        sink2 = gl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
+
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
+    g = 0
+    writes = 0  # hand-offs to warpgroup 1 so far (each but the first waits for the previous one's reader)
+    for b in range(begin_req, end_req + 1):
+        b64 = b.to(gl.int64)
+        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
+                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        # Q -> shared memory (only this warpgroup's S reads it, all waited): fp16 NoPE (+ MODEL1 RoPE) boxes, V32's
+        # RoPE box in rope_dtype; a row with |q| >= 2^15 divided by 2^shift (scores multiplied back).
         q_row = Q + b64 * stride_qb + q_pos * stride_qs + gl.expand_dims(heads_b * stride_qh, 1) + cols_b
         shift = gl.zeros([BLOCK_M], gl.int32, tok_l)
         if dtype != gl.float16:
@@ -348,77 +387,169 @@ def sparse_decode_hopper_kernel(
             x = gl.load(q_row + D_NOPE, mask=head_ok_b, other=0.0)
             q_rope.store((x.to(gl.float32) * inv).to(rope_dtype))
         row_scale = gl.convert_layout(qk_scale_log2 * pow2(shift), s_row)
-
-        # Tile 0 dequantized now; tile 1's bytes in flight; tile 2's rows known and asked of L2; tile 3's indices.
-        idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w)
-        row, scales, ok = tile_rows(K, K2, idx, ok, lo, main_end, num_tokens, num_tokens2, stride_kblock,
-                                    stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
-        codes, words, rope, ok = load_tile(row, scales, ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
-        idx, ok1 = tile_index(idx_row, idx_row2, lo + BLOCK_N, main_end, len1, len2, n_tiles > 1, tok_w)
-        row1, scales1, ok1 = tile_rows(K, K2, idx, ok1, lo + BLOCK_N, main_end, num_tokens, num_tokens2,
-                                       stride_kblock, stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES,
-                                       D_NOPE)
-        idx, near_ok = tile_index(idx_row, idx_row2, lo + 2 * BLOCK_N, main_end, len1, len2, n_tiles > 2, tok_w)
-        near_row, near_scales, near_ok = tile_rows(K, K2, idx, near_ok, lo + 2 * BLOCK_N, main_end, num_tokens,
-                                                   num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
-                                                   PAGE_SIZE2, ROW_BYTES, D_NOPE)
-        prefetch_rows(near_row, near_scales, near_ok, ROW_BYTES, IS_V32, line_l)
-        far_idx, far_ok = tile_index(idx_row, idx_row2, lo + 3 * BLOCK_N, main_end, len1, len2, n_tiles > 3, tok_w)
-        if n_tiles > 0:
-            dequantize_tile(codes, words, rope, ok, k_smem.index(0), rope_smem.index(0), factor_smem.index(0),
-                            IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l)
-        codes, words, rope, ok = load_tile(row1, scales1, ok1, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
-        fence_async_shared()  # generic-proxy writes (Q, tile 0), read next by wgmma (async proxy)
+        fence_async_shared()
         gl.thread_barrier()
 
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, s_row)
         l_i = gl.zeros([BLOCK_M], gl.float32, s_row)
-        o = gl.zeros([BLOCK_M, V_BOXES * BOX], gl.float32, o_mma)
-        raw = (codes, words, rope, ok)
-        near = (near_row, near_scales, near_ok)
-        far = (far_idx, far_ok)
+        o = gl.zeros([BLOCK_M, HALF], gl.float32, o_mma)
         for t in range(n_tiles):
-            slot = t % 2
-            m_i, l_i, o, raw, near, far = attend_tile(
-                t, n_tiles, q16, q_rope, k_smem.index(slot), rope_smem.index(slot), factor_smem.index(slot),
-                k_smem.index(1 - slot), rope_smem.index(1 - slot), factor_smem.index(1 - slot), p_smem, m_i, l_i, o,
-                raw, near, far, row_scale, K, K2, idx_row, idx_row2, lo, main_end, len1, len2, num_tokens,
-                num_tokens2, stride_kblock, stride_k2block, IS_V32, NOPE_BOXES, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES,
-                ROPE_OFFSET, D_NOPE, rope_dtype, s_mma, o_mma, box_l, word_l, rope_l, line_l, LOAD_FIRST)
+            slot = g % 2
+            slot_barrier(SYNC_READY, READY_ID, slot)
+            k_tile = k_smem.index(slot)
+            s = warpgroup_mma(q16, k_tile.permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_mma),
+                              is_async=True)
+            if IS_V32:
+                s = warpgroup_mma(q_rope, rope_smem.index(slot).permute((1, 0)), s, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            stall(STRESS_DELAY_NS)  # a reader late to read: what a hand-off must also order
+            key_factor = gl.expand_dims(factor_smem.index(slot).load(s_col), 0)
+            s = gl.where(key_factor > 0.0, s * gl.expand_dims(row_scale, 1) * key_factor, float("-inf"))
+            m_i, l_i, alpha, p = online_softmax(s, m_i, l_i)
+            p16 = (p * key_factor).to(gl.float16)  # (an unattended row: p = 0)
+            if writes > 0:
+                named_barrier(SYNC_P_FREE)
+            stall(STRESS_DELAY_NS)
+            p_smem.store(p16)
+            row_smem.store(alpha)
+            fence_async_shared()  # P is read by warpgroup 1's wgmma
+            named_barrier(ARRIVE_P_READY)
+            writes += 1
+            o = o * gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
+            o = warpgroup_mma(gl.convert_layout(p16, p_op), k_tile.slice(0, HALF, 1), o, is_async=True)
+            o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+            slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)  # (wgmma reads of the slot complete at the wait)
+            g += 1
 
-        # Epilogue (as the portable kernel): a request wholly in this part writes out/lse, a cut one its partial.
+        # Epilogue (as kernel_hopper): the factor O is multiplied by goes to warpgroup 1 as the last hand-off.
         row_seen = l_i > 0.0
         l_safe = gl.where(row_seen, l_i, 1.0)
-        lse2 = gl.convert_layout(gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf")), o_row)
+        lse2 = gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf"))
+        direct, partial, split_row = out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok)
+        factor = 1.0 / l_safe
+        if HAS_SINK:
+            seen_lse2 = gl.where(row_seen, lse2, 0.0)  # (no -inf - -inf in lanes the select drops)
+            sink_factor = gl.where(row_seen, factor / (1.0 + gl.exp2(gl.convert_layout(sink2, s_row) - seen_lse2)),
+                                   0.0)
+            factor = gl.where(gl.convert_layout(direct, s_row), sink_factor, factor)
+        if writes > 0:
+            named_barrier(SYNC_P_FREE)
+        stall(STRESS_DELAY_NS)
+        row_smem.store(factor)
+        named_barrier(ARRIVE_P_READY)
+        writes += 1
+        o = o * gl.expand_dims(gl.convert_layout(factor, o_row), 1)
+        lse2 = gl.convert_layout(lse2, o_row)
+        o_ptrs = OUT + b64 * stride_ob + q_pos * stride_os + gl.expand_dims(heads * stride_oh, 1) + cols
+        gl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
         row_seen = gl.convert_layout(row_seen, o_row)
-        l_safe = gl.convert_layout(l_safe, o_row)
-        split_begin = gl.load(NUM_SPLITS + b)
-        num_splits = gl.load(NUM_SPLITS + b + 1) - split_begin
-        if num_splits == 1:
-            direct = head_ok & has_work
-            factor = 1.0 / l_safe
-            if HAS_SINK:
-                seen_lse2 = gl.where(row_seen, lse2, 0.0)  # (no -inf - -inf in lanes the select drops)
-                factor = gl.where(row_seen, factor / (1.0 + gl.exp2(sink2 - seen_lse2)), 0.0)
+        gl.store(LSE + b64 * stride_lb + heads * stride_lh + q_pos, gl.where(row_seen, lse2 * LN2, float("inf")),
+                 mask=direct)
+        rows = q_pos * heads_q + heads
+        po_ptrs = OUT_PARTIAL + split_row * stride_ps + gl.expand_dims(rows * stride_pr, 1) + cols
+        gl.store(po_ptrs, o, mask=gl.expand_dims(partial, 1))
+        gl.store(LSE_PARTIAL + split_row * stride_pls + rows, lse2, mask=partial)
+
+
+@gluon.jit
+def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_smem, p_smem, row_smem,
+                 stride_ob, stride_os, stride_oh, stride_ps, stride_pr, heads_q, topk, topk2,
+                 HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr,
+                 SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
+    """Warpgroup 1: O[:, 256:] with warpgroup 0's P, alpha and final factor."""
+    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
+    m_block = gl.program_id(0)
+    q_pos = gl.program_id(1)
+    heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)
+    head_ok = heads < heads_q
+    cols = gl.expand_dims(HALF + gl.arange(0, HALF, gl.SliceLayout(0, o_mma)), 0)
+    begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
+    g = 0
+    for b in range(begin_req, end_req + 1):
+        b64 = b.to(gl.int64)
+        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
+                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        o = gl.zeros([BLOCK_M, HALF], gl.float32, o_mma)
+        for t in range(n_tiles):
+            slot = g % 2
+            named_barrier(SYNC_P_READY)  # (and the slot, through the softmax warpgroup's READY sync)
+            stall(STRESS_DELAY_NS)
+            alpha = row_smem.load(o_row)
+            o = o * gl.expand_dims(alpha, 1)
+            o = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, HALF, 1), o, is_async=True)
+            o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+            named_barrier(ARRIVE_P_FREE)
+            slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)
+            g += 1
+        named_barrier(SYNC_P_READY)
+        stall(STRESS_DELAY_NS)
+        factor = row_smem.load(o_row)
+        if b < end_req:  # the last hand-off of the program has no next writer to free it for
+            named_barrier(ARRIVE_P_FREE)
+        direct, partial, split_row = out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok)
+        o = o * gl.expand_dims(factor, 1)
+        if gl.max(direct.to(gl.int32), 0) > 0:
             o_ptrs = OUT + b64 * stride_ob + q_pos * stride_os + gl.expand_dims(heads * stride_oh, 1) + cols
-            gl.store(o_ptrs, (o * gl.expand_dims(factor, 1)).to(OUT.dtype.element_ty),
-                     mask=gl.expand_dims(direct, 1))
-            gl.store(LSE + b64 * stride_lb + heads * stride_lh + q_pos, gl.where(row_seen, lse2 * LN2, float("inf")),
-                     mask=direct)
+            gl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
         else:
-            partial = head_ok & has_work
-            # Only a part's first request can be entered mid-way, so only it starts at a split index > 0.
-            split_row = (split_begin + gl.where(b == begin_req, begin_split, 0)).to(gl.int64)
             rows = q_pos * heads_q + heads
             po_ptrs = OUT_PARTIAL + split_row * stride_ps + gl.expand_dims(rows * stride_pr, 1) + cols
-            gl.store(po_ptrs, o / gl.expand_dims(l_safe, 1), mask=gl.expand_dims(partial, 1))
-            gl.store(LSE_PARTIAL + split_row * stride_pls + rows, lse2, mask=partial)
+            gl.store(po_ptrs, o, mask=gl.expand_dims(partial, 1))
+
+
+@gluon.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
+def sparse_decode_hopper_kernel(
+    Q, K, INDICES, TOPK_LEN, K2, INDICES2, TOPK_LEN2, SINK, SCHED, NUM_SPLITS,
+    OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
+    qk_scale_log2,
+    stride_qb, stride_qs, stride_qh,
+    stride_kblock, stride_k2block,
+    stride_ib, stride_is, stride_i2b, stride_i2s,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh,
+    stride_ps, stride_pr, stride_pls,
+    heads_q, num_tokens, num_tokens2, topk, topk2,
+    IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
+    PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
+    HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    rope_dtype: gl.constexpr = Q.dtype.element_ty  # V32's RoPE box: bf16 stays bf16, fp16 queries fp16
+    wide_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, V_BOXES * BOX], gl.float16)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], gl.float16)
+    rope_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], rope_dtype)
+    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    q16 = gl.allocate_shared_memory(gl.float16, [BLOCK_M, V_BOXES * BOX], wide_smem)
+    q_rope = gl.allocate_shared_memory(rope_dtype, [BLOCK_M, BOX], rope_layout)
+    k_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, V_BOXES * BOX], wide_smem)
+    rope_smem = gl.allocate_shared_memory(rope_dtype, [2, BLOCK_N, BOX], rope_layout)
+    p_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, BLOCK_N], p_layout)
+    factor_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], flat)
+    row_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M], flat)  # alpha per tile, then the final factor
+
+    gl.warp_specialize([
+        (pv_warpgroup, (TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_smem, p_smem, row_smem,
+                        stride_ob, stride_os, stride_oh, stride_ps, stride_pr, heads_q, topk, topk2, HAS_LEN,
+                        HAS_EXTRA, HAS_LEN2, PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)),
+        (softmax_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
+                             q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem,
+                             qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
+                             stride_lb, stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
+                             IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2, HAS_SINK, PLAN_TILE, SCHED_ROW,
+                             rope_dtype, STRESS_DELAY_NS)),
+        (producer, (K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
+                    stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s, num_tokens,
+                    num_tokens2, topk, topk2, IS_V32, D_NOPE, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2, HAS_LEN, HAS_EXTRA,
+                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS)),
+    ], [4, 4], [SOFTMAX_REGS, PRODUCER_REGS])
 
 
 def bind_sparse_hopper(varying: tuple, fixed_common: tuple, grid: tuple, layout, page_size: int, page_size2: int,
-                       has: tuple) -> BoundKernel:
+                   has: tuple) -> BoundKernel:
     """sparse_decode_hopper_kernel for one configuration: the portable kernel's pointer and stride arguments
     (fixed_common: qk scale .. topk2), grid = (64-head blocks, s_q, parts)."""
     fixed = (*fixed_common, layout.name == "V32", layout.d_nope, layout.row_bytes, page_size, page_size2, *has,
-             PLAN_TILE, SCHED_ROW)
-    return BoundKernel(sparse_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))
+             PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)
+    return BoundKernel(sparse_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS, maxnreg=MAXNREG))
