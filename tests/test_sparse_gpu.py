@@ -288,7 +288,7 @@ def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk):
     another warpgroup reads (and before it reads what another writes next), and replayed in a CUDA graph, it gives
     bit for bit what the undelayed kernel gives: a hand-off that did not order every writer before the readers
     would lose the late writers' values, one that did not order the readers before the next write would hand them
-    the next value."""
+    the next value. (Its reach, NOTES.md run 14: a build without the P_FREE syncs also passed it.)"""
     from tritonmla.sparse import kernel_hopper
 
     extra = (64, 2, 512) if d_qk == 512 else None
