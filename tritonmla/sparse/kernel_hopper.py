@@ -421,7 +421,7 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
             slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)  # (wgmma reads of the slot complete at the wait)
             g += 1
 
-        # Epilogue (as kernel_hopper): the factor O is multiplied by goes to warpgroup 1 as the last hand-off.
+        # Epilogue (as the portable kernel): the factor O is multiplied by goes to warpgroup 1 as the last hand-off.
         row_seen = l_i > 0.0
         l_safe = gl.where(row_seen, l_i, 1.0)
         lse2 = gl.where(row_seen, m_i + gl.log2(l_safe), float("-inf"))
