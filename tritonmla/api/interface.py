@@ -264,8 +264,9 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
         if kernel is not None and not isinstance(kernel, str):
             raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
         dispatch.requested_kernel(kernel)  # ValueError for a bad name (TRITONMLA_KERNEL=hopper: dense only)
-        if kernel == "hopper" and sparse_call.hopper_unsupported(q) is not None:
-            raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {sparse_call.hopper_unsupported(q)}")
+        why = sparse_call.hopper_unsupported(q) if kernel == "hopper" else None
+        if why is not None:
+            raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {why}")
         scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         if not tracing:
             call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache,

@@ -136,9 +136,9 @@ def attend(q_main, q_rope, k, k_rope, ok, m_i, l_i, acc, qk_scale_log2, IS_V32: 
 def request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN, TOPK_LEN2, topk, topk2,
                   HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_LEN2: tl.constexpr, PLAN_TILE: tl.constexpr):
     """Request b's KV range as tritonmla.sparse.plan lays it out (main slots rounded up to a plan tile, then extra
-    slots) and this part's share of it: (len1, main_end, len2, lo, hi, has_work). len1 / len2: the main / extra
-    slots that count; [lo, hi): this part's slots; has_work: it writes the request's output (an empty request is
-    owned by exactly one part)."""
+    slots) and this part's share of it: (len1, main_end, len2, lo, hi, n_tiles, has_work). len1 / len2: the main /
+    extra slots that count; [lo, hi): this part's slots, n_tiles PLAN_TILE-slot tiles; has_work: it writes the
+    request's output (an empty request is owned by exactly one part). (As kernels.decode.request_tiles for dense.)"""
     len1 = topk
     if HAS_LEN:
         len1 = tl.minimum(tl.maximum(tl.load(TOPK_LEN + b), 0), topk)
@@ -151,7 +151,8 @@ def request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN, TOPK_LE
     total = main_end + len2
     lo = tl.where(b == begin_req, begin_tile, 0) * PLAN_TILE
     hi = tl.minimum(tl.where(b == end_req, end_tile, tl.cdiv(total, PLAN_TILE)) * PLAN_TILE, total)
-    return len1, main_end, len2, lo, hi, (hi > lo) | (total == 0)
+    has_work = (hi > lo) | (total == 0)
+    return len1, main_end, len2, lo, hi, tl.cdiv(tl.maximum(hi - lo, 0), PLAN_TILE), has_work
 
 
 @triton.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
@@ -190,9 +191,9 @@ def sparse_decode_kernel(
         sink2 = tl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
 
     for b in range(begin_req, end_req + 1):
-        len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
-                                                               TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
-                                                               PLAN_TILE)
+        len1, main_end, len2, lo, hi, _, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
+                                                                  TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                  HAS_EXTRA, HAS_LEN2, PLAN_TILE)
 
         q_ptrs = Q + b * stride_qb + q_pos * stride_qs + heads * stride_qh
         q_main = tl.load(q_ptrs[:, None] + offs_d[None, :], mask=head_ok[:, None], other=0.0)

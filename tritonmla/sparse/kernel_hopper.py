@@ -245,17 +245,6 @@ def slot_barrier(ASM: gl.constexpr, first_id: gl.constexpr, slot):
 
 
 @gluon.jit
-def request_tiles(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN, TOPK_LEN2, topk, topk2,
-                  HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr):
-    """kernel.request_range with the part's range as 64-token tiles: (len1, main_end, len2, lo, n_tiles, has_work),
-    the same walk in all three warpgroups."""
-    len1, main_end, len2, lo, hi, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile, TOPK_LEN,
-                                                           TOPK_LEN2, topk, topk2, HAS_LEN, HAS_EXTRA, HAS_LEN2,
-                                                           PLAN_TILE)
-    return len1, main_end, len2, lo, gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N), has_work
-
-
-@gluon.jit
 def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
              stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s,
              num_tokens, num_tokens2, topk, topk2,
@@ -276,9 +265,9 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
     g = 0
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
-                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
-                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
+                                                                       TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                       HAS_EXTRA, HAS_LEN2, PLAN_TILE)
         idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
         idx_row2 = idx_row
         if HAS_EXTRA:
@@ -366,9 +355,9 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
     writes = 0  # hand-offs to warpgroup 1 so far (each but the first waits for the previous one's reader)
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
-                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
-                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
+                                                                       TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                       HAS_EXTRA, HAS_LEN2, PLAN_TILE)
         # Q -> shared memory (only this warpgroup's S reads it, all waited): fp16 NoPE (+ MODEL1 RoPE) boxes, V32's
         # RoPE box in rope_dtype; a row with |q| >= 2^15 divided by 2^shift (scores multiplied back).
         q_row = Q + b64 * stride_qb + q_pos * stride_qs + gl.expand_dims(heads_b * stride_qh, 1) + cols_b
@@ -468,9 +457,9 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
     g = 0
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
-        len1, main_end, len2, lo, n_tiles, has_work = request_tiles(b, begin_req, begin_tile, end_req, end_tile,
-                                                                    TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
-                                                                    HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
+                                                                       TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
+                                                                       HAS_EXTRA, HAS_LEN2, PLAN_TILE)
         o = gl.zeros([BLOCK_M, HALF], gl.float32, o_mma)
         for t in range(n_tiles):
             slot = g % 2
@@ -516,6 +505,7 @@ def sparse_decode_hopper_kernel(
     HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
+    gl.static_assert(PLAN_TILE == BLOCK_N, "a tile is a plan tile (request_range counts them)")
     rope_dtype: gl.constexpr = Q.dtype.element_ty  # V32's RoPE box: bf16 stays bf16, fp16 queries fp16
     wide_smem: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, V_BOXES * BOX], gl.float16)
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BOX], gl.float16)
