@@ -18,18 +18,20 @@ Outside that range a power of two is moved out of the row: a query row with |q| 
 scores multiplied back; a key row whose scales or RoPE values could pass 2^16 is stored / 2^e (e <= 15) and its
 score and P column multiplied back (P 2^e <= 2^15 stays finite). fp16 P keeps more bits than bf16.
 
-Three warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.2's RoPE box) in shared memory:
+Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.2's RoPE box) in shared memory:
     softmax warpgroup: Q -> shared memory per request; per tile S = Q K^T (wgmma N = 64, so Q is read once),
         softmax, P (fp16) -> shared memory with the row rescale alpha, O[:, :256] = O alpha + P V[:, :256] with P
         from registers; the row sums and the epilogue factor.
     warpgroup 1 (default partition): per tile O[:, 256:] = O alpha + P V[:, 256:] (P from shared memory).
-    producer: gathers each tile's rows by index (no TMA on SM90; 32-bit words, the next tile's held in registers
-        until its slot is free, L2 prefetch two tiles ahead, indices three), dequantizes them into a slot.
+    two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
+        tile's held in registers until its slot is free, L2 prefetch two tiles ahead, indices three), dequantize
+        them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one warp per scheduler,
+        latency-bound; two get twice the loads in flight for the same registers per row.)
 Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
 side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
 across it (an mbarrier arrive from one elected thread would release only that thread's writes):
-    READY[slot]: producer (arrives after writing the slot and fencing it for wgmma) -> softmax warpgroup;
-    EMPTY[slot]: both consumer warpgroups (arrive once their wgmmas on the slot completed) -> producer;
+    READY[slot]: both producers (arrive after writing their rows and fencing them for wgmma) -> softmax warpgroup;
+    EMPTY[slot]: both consumer warpgroups (arrive once their wgmmas on the slot completed) -> both producers;
     P_READY / P_FREE: softmax warpgroup -> warpgroup 1 (P, alpha, the epilogue factor) and back.
 Every barrier alternates arrive and sync (the opposite hand-off bounds the skew), and every arrive is matched by
 a sync, including the last tiles' (no barrier left mid-generation at exit). Warpgroup 1 reads a slot only after
@@ -69,11 +71,12 @@ def pow2(e):
 
 
 @gluon.jit
-def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.constexpr):
-    """The index slots of the tile starting at slot `start` of this request's KV range (main slots
-    [0, main_end), then extra slots): (idx [64] as stored, ok [64]: slot in range and live)."""
+def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.constexpr, ROW0: gl.constexpr,
+               ROWS: gl.constexpr):
+    """Index slots ROW0 .. ROW0 + ROWS - 1 of the tile starting at slot `start` of this request's KV range (main
+    slots [0, main_end), then extra slots): (idx [ROWS] as stored, ok [ROWS]: slot in range and live)."""
     in_main = start < main_end
-    slot = gl.where(in_main, start, start - main_end) + gl.arange(0, BLOCK_N, tok_l)
+    slot = gl.where(in_main, start, start - main_end) + ROW0 + gl.arange(0, ROWS, tok_l)
     ok = live & (slot < gl.where(in_main, len1, len2))
     idx = gl.load(gl.where(in_main, idx_row, idx_row2) + slot, mask=ok, other=-1)
     return idx, ok
@@ -189,9 +192,9 @@ def decode_codes(words, scale16, pair_l: gl.constexpr):
 @gluon.jit
 def dequantize_tile(codes, words, rope, ok, k_tile, rope_tile, factor_slot,
                     IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, ROPE_DTYPE: gl.constexpr, box_l: gl.constexpr,
-                    word_l: gl.constexpr, pair_l: gl.constexpr):
-    """Gathered bytes -> shared memory: k_tile [64, 512] fp16 (row j divided by 2^e_j), V32's RoPE box in
-    ROPE_DTYPE, and each row's factor 2^e_j (-1 for a row not attended)."""
+                    word_l: gl.constexpr, pair_l: gl.constexpr, ROW0: gl.constexpr, ROWS: gl.constexpr):
+    """Gathered bytes of rows ROW0 .. ROW0 + ROWS - 1 -> shared memory: k_tile [64, 512] fp16 (row j divided by
+    2^e_j), V32's RoPE box in ROPE_DTYPE, and each row's factor 2^e_j (-1 for a row not attended)."""
     tok: gl.constexpr = gl.SliceLayout(1, word_l)
     rope_f = unpack_bf16(rope, box_l).to(gl.float32)
     e = gl.convert_layout(exponent_of(gl.max(gl.abs(rope_f), 1)), tok) - 14  # RoPE values < 2^15 after the shift
@@ -200,36 +203,42 @@ def dequantize_tile(codes, words, rope, ok, k_tile, rope_tile, factor_slot,
     shift = gl.minimum(gl.maximum(e, 0), 15)
     inv = pow2(-shift)
     # The NoPE boxes written as 32-bit words (fp16 pairs): the same bytes through an int32 view of the tile.
-    k_words = k_tile._reinterpret(gl.int32, [BLOCK_N, V_BOXES * BOX // 2], gl.NVMMASharedLayout(128, 32))
+    k_words = k_tile._reinterpret(gl.int32, [BLOCK_N, V_BOXES * BOX // 2], gl.NVMMASharedLayout(128, 32)).slice(
+        ROW0, ROWS, 0)
     for c in gl.static_range(NOPE_BOXES):
         scale = (group_scale(words, c, IS_V32) * inv).to(gl.float16)
         k_words.slice(c * BOX // 2, BOX // 2, 1).store(decode_codes(codes[c], scale, pair_l))
     inv_b = gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, box_l)), 1)
     if NOPE_BOXES < V_BOXES:  # MODEL1: columns 448.. are the RoPE values (part of V)
-        k_tile.slice(NOPE_BOXES * BOX, BOX, 1).store((rope_f * inv_b).to(gl.float16))
+        k_tile.slice(ROW0, ROWS, 0).slice(NOPE_BOXES * BOX, BOX, 1).store((rope_f * inv_b).to(gl.float16))
     if IS_V32:
-        rope_tile.store((rope_f * inv_b).to(ROPE_DTYPE))
-    factor_slot.store(gl.where(ok, pow2(shift), -1.0))
+        rope_tile.slice(ROW0, ROWS, 0).store((rope_f * inv_b).to(ROPE_DTYPE))
+    factor_slot.slice(ROW0, ROWS, 0).store(gl.where(ok, pow2(shift), -1.0))
 
 
 HALF = gl.constexpr(D_V // 2)  # output columns per consumer warpgroup
-NUM_WARPS = 4  # per warpgroup; the kernel runs 4 + 4 + 4 warps
-MAXNREG = 168  # 12 warps x 168 = the register file, re-split below
+QUARTER = gl.constexpr(D_V // 4)  # columns per accumulator (two per warpgroup: a wgmma's N is at most 128 here)
+NUM_WARPS = 4  # per warpgroup; the kernel runs 4 x 4 warps
+MAXNREG = 128  # 16 warps x 128 = the register file, re-split below
 # If any partition's share is below what its code needs, ptxas drops every setmaxnreg (C7507) and serializes the
 # wgmmas (C7512): warpgroup 1 (the default partition: O[:, 256:] and its epilogue) needs ~160 and gets the rest,
-# 2016 / 4 - 208 - 128 = 168; the producer fits 128 (with some spills), the softmax warpgroup gets 208.
+# 512 - 208 - 2 x 72 = 160; each producer fits 72 (with some spills), the softmax warpgroup gets 208.
+# Shares are multiples of 8 (setmaxnreg); with 128 registers at launch no wgmma may need more than 128 at once, so
+# each consumer's O half is two accumulators of 128 columns (an N = 256 wgmma needed 158).
 SOFTMAX_REGS = gl.constexpr(208)
-PRODUCER_REGS = gl.constexpr(128)
+PRODUCER_REGS = gl.constexpr(72)
+PRODUCER_ROWS = gl.constexpr(BLOCK_N // 2)  # rows of each tile per producer warpgroup
 # Named barriers over the two consumer warpgroups (Triton's warp_specialize uses ids 0, 1 and 2.. per partition).
 ARRIVE_P_READY = gl.constexpr("barrier.arrive 8, 256;")
 SYNC_P_READY = gl.constexpr("barrier.sync 8, 256;")
 ARRIVE_P_FREE = gl.constexpr("barrier.arrive 9, 256;")
 SYNC_P_FREE = gl.constexpr("barrier.sync 9, 256;")
-# Per K slot s: READY (id 10 + s) producer -> softmax warpgroup, EMPTY (id 12 + s) both consumers -> producer.
-ARRIVE_READY = gl.constexpr("barrier.arrive $1, 256;")
-SYNC_READY = gl.constexpr("barrier.sync $1, 256;")
-ARRIVE_EMPTY = gl.constexpr("barrier.arrive $1, 384;")
-SYNC_EMPTY = gl.constexpr("barrier.sync $1, 384;")
+# Per K slot s: READY (id 10 + s) both producers (256) -> softmax warpgroup (128); EMPTY (id 12 + s) both
+# consumers (256) -> both producers (256).
+ARRIVE_READY = gl.constexpr("barrier.arrive $1, 384;")
+SYNC_READY = gl.constexpr("barrier.sync $1, 384;")
+ARRIVE_EMPTY = gl.constexpr("barrier.arrive $1, 512;")
+SYNC_EMPTY = gl.constexpr("barrier.sync $1, 512;")
 READY_ID = gl.constexpr(10)
 EMPTY_ID = gl.constexpr(12)
 STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay every writer and reader of a hand-off; 0 in use
@@ -251,8 +260,10 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
              IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
              PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
              PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr,
-             STRESS_DELAY_NS: gl.constexpr):
-    """Walk the plan as the consumers do; tile g of this program goes to slot g % 2."""
+             STRESS_DELAY_NS: gl.constexpr, ROW0: gl.constexpr):
+    """Walk the plan as the consumers do; rows ROW0 .. ROW0 + 31 of tile g of this program go to slot g % 2 (the
+    other producer warpgroup does the other 32)."""
+    ROWS: gl.constexpr = PRODUCER_ROWS
     box_l: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4, 1], [1, 0])
     word_l: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
     rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
@@ -273,16 +284,18 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
         if HAS_EXTRA:
             idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
         # Tile 0's bytes loaded, tile 1's rows asked of L2, tile 2's indices.
-        idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w)
+        idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w, ROW0, ROWS)
         row, scales, ok = tile_rows(K, K2, idx, ok, lo, main_end, num_tokens, num_tokens2, stride_kblock,
                                     stride_k2block, IS_V32, PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
         codes, words, rope, ok = load_tile(row, scales, ok, IS_V32, NOPE_BOXES, ROPE_OFFSET, word_l, rope_l)
-        idx, near_ok = tile_index(idx_row, idx_row2, lo + BLOCK_N, main_end, len1, len2, n_tiles > 1, tok_w)
+        idx, near_ok = tile_index(idx_row, idx_row2, lo + BLOCK_N, main_end, len1, len2, n_tiles > 1, tok_w, ROW0,
+                                  ROWS)
         near_row, near_scales, near_ok = tile_rows(K, K2, idx, near_ok, lo + BLOCK_N, main_end, num_tokens,
                                                    num_tokens2, stride_kblock, stride_k2block, IS_V32, PAGE_SIZE,
                                                    PAGE_SIZE2, ROW_BYTES, D_NOPE)
         prefetch_rows(near_row, near_scales, near_ok, ROW_BYTES, IS_V32, line_l)
-        far_idx, far_ok = tile_index(idx_row, idx_row2, lo + 2 * BLOCK_N, main_end, len1, len2, n_tiles > 2, tok_w)
+        far_idx, far_ok = tile_index(idx_row, idx_row2, lo + 2 * BLOCK_N, main_end, len1, len2, n_tiles > 2, tok_w,
+                                     ROW0, ROWS)
         for t in range(n_tiles):
             slot = g % 2
             # Tile t+2's rows to L2, tile t+3's indices.
@@ -291,12 +304,13 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
                                                     PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
             prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
             far_idx, far_next = tile_index(idx_row, idx_row2, lo + (t + 3) * BLOCK_N, main_end, len1, len2,
-                                           t + 3 < n_tiles, tok_w)
+                                           t + 3 < n_tiles, tok_w, ROW0, ROWS)
             if g >= 2:  # tile g-2, the slot's previous tile, done by both consumers
                 slot_barrier(SYNC_EMPTY, EMPTY_ID, slot)
             stall(STRESS_DELAY_NS)
             dequantize_tile(codes, words, rope, ok, k_smem.index(slot), rope_smem.index(slot),
-                            factor_smem.index(slot), IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l)
+                            factor_smem.index(slot), IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l, ROW0,
+                            ROWS)
             fence_async_shared()  # generic-proxy writes, read next by wgmma
             slot_barrier(ARRIVE_READY, READY_ID, slot)  # (every producer thread arrives after its own writes)
             # Tile t+1's bytes, held in registers until its slot is free (they were asked of L2 a tile ago).
@@ -332,7 +346,8 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
     """Warpgroup 0: S, softmax, O[:, :256]; see the module docstring."""
     dtype: gl.constexpr = Q.dtype.element_ty
     s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, QUARTER, 16])
     p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_mma, k_width=2)
     s_row: gl.constexpr = gl.SliceLayout(1, s_mma)
     s_col: gl.constexpr = gl.SliceLayout(0, s_mma)
@@ -346,7 +361,7 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
     cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
     heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)
     head_ok = heads < heads_q
-    cols = gl.expand_dims(gl.arange(0, HALF, gl.SliceLayout(0, o_mma)), 0)
+    cols = gl.expand_dims(gl.arange(0, QUARTER, gl.SliceLayout(0, o_mma)), 0)
     if HAS_SINK:
         sink2 = gl.load(SINK + heads, mask=head_ok, other=0.0) * LOG2E_JIT
 
@@ -381,7 +396,8 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
 
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, s_row)
         l_i = gl.zeros([BLOCK_M], gl.float32, s_row)
-        o = gl.zeros([BLOCK_M, HALF], gl.float32, o_mma)
+        o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
+        o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         for t in range(n_tiles):
             slot = g % 2
             slot_barrier(SYNC_READY, READY_ID, slot)
@@ -404,9 +420,11 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
             fence_async_shared()  # P is read by warpgroup 1's wgmma
             named_barrier(ARRIVE_P_READY)
             writes += 1
-            o = o * gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
-            o = warpgroup_mma(gl.convert_layout(p16, p_op), k_tile.slice(0, HALF, 1), o, is_async=True)
-            o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+            alpha_o = gl.expand_dims(gl.convert_layout(alpha, o_row), 1)
+            p_a = gl.convert_layout(p16, p_op)
+            o0 = warpgroup_mma(p_a, k_tile.slice(0, QUARTER, 1), o0 * alpha_o, is_async=True)
+            o1 = warpgroup_mma(p_a, k_tile.slice(QUARTER, QUARTER, 1), o1 * alpha_o, is_async=True)
+            o0, o1 = warpgroup_mma_wait(num_outstanding=0, deps=(o0, o1))
             slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)  # (wgmma reads of the slot complete at the wait)
             g += 1
 
@@ -427,16 +445,20 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
         row_smem.store(factor)
         named_barrier(ARRIVE_P_READY)
         writes += 1
-        o = o * gl.expand_dims(gl.convert_layout(factor, o_row), 1)
+        factor_o = gl.expand_dims(gl.convert_layout(factor, o_row), 1)
+        o0 = o0 * factor_o
+        o1 = o1 * factor_o
         lse2 = gl.convert_layout(lse2, o_row)
         o_ptrs = OUT + b64 * stride_ob + q_pos * stride_os + gl.expand_dims(heads * stride_oh, 1) + cols
-        gl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
+        gl.store(o_ptrs, o0.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
+        gl.store(o_ptrs + QUARTER, o1.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
         row_seen = gl.convert_layout(row_seen, o_row)
         gl.store(LSE + b64 * stride_lb + heads * stride_lh + q_pos, gl.where(row_seen, lse2 * LN2, float("inf")),
                  mask=direct)
         rows = q_pos * heads_q + heads
         po_ptrs = OUT_PARTIAL + split_row * stride_ps + gl.expand_dims(rows * stride_pr, 1) + cols
-        gl.store(po_ptrs, o, mask=gl.expand_dims(partial, 1))
+        gl.store(po_ptrs, o0, mask=gl.expand_dims(partial, 1))
+        gl.store(po_ptrs + QUARTER, o1, mask=gl.expand_dims(partial, 1))
         gl.store(LSE_PARTIAL + split_row * stride_pls + rows, lse2, mask=partial)
 
 
@@ -446,13 +468,14 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
                  HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr,
                  SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
     """Warpgroup 1: O[:, 256:] with warpgroup 0's P, alpha and final factor."""
-    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                    instr_shape=[16, QUARTER, 16])
     o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
     m_block = gl.program_id(0)
     q_pos = gl.program_id(1)
     heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)
     head_ok = heads < heads_q
-    cols = gl.expand_dims(HALF + gl.arange(0, HALF, gl.SliceLayout(0, o_mma)), 0)
+    cols = gl.expand_dims(HALF + gl.arange(0, QUARTER, gl.SliceLayout(0, o_mma)), 0)
     begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     g = 0
     for b in range(begin_req, end_req + 1):
@@ -460,15 +483,18 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
         len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
                                                                        TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
-        o = gl.zeros([BLOCK_M, HALF], gl.float32, o_mma)
+        o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
+        o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         for t in range(n_tiles):
             slot = g % 2
             named_barrier(SYNC_P_READY)  # (and the slot, through the softmax warpgroup's READY sync)
             stall(STRESS_DELAY_NS)
             alpha = row_smem.load(o_row)
-            o = o * gl.expand_dims(alpha, 1)
-            o = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, HALF, 1), o, is_async=True)
-            o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+            alpha_o = gl.expand_dims(alpha, 1)
+            o0 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, QUARTER, 1), o0 * alpha_o, is_async=True)
+            o1 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF + QUARTER, QUARTER, 1), o1 * alpha_o,
+                               is_async=True)
+            o0, o1 = warpgroup_mma_wait(num_outstanding=0, deps=(o0, o1))
             named_barrier(ARRIVE_P_FREE)
             slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)
             g += 1
@@ -478,14 +504,18 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
         if b < end_req:  # the last hand-off of the program has no next writer to free it for
             named_barrier(ARRIVE_P_FREE)
         direct, partial, split_row = out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok)
-        o = o * gl.expand_dims(factor, 1)
+        factor_o = gl.expand_dims(factor, 1)
+        o0 = o0 * factor_o
+        o1 = o1 * factor_o
         if gl.max(direct.to(gl.int32), 0) > 0:
             o_ptrs = OUT + b64 * stride_ob + q_pos * stride_os + gl.expand_dims(heads * stride_oh, 1) + cols
-            gl.store(o_ptrs, o.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
+            gl.store(o_ptrs, o0.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
+            gl.store(o_ptrs + QUARTER, o1.to(OUT.dtype.element_ty), mask=gl.expand_dims(direct, 1))
         else:
             rows = q_pos * heads_q + heads
             po_ptrs = OUT_PARTIAL + split_row * stride_ps + gl.expand_dims(rows * stride_pr, 1) + cols
-            gl.store(po_ptrs, o, mask=gl.expand_dims(partial, 1))
+            gl.store(po_ptrs, o0, mask=gl.expand_dims(partial, 1))
+            gl.store(po_ptrs + QUARTER, o1, mask=gl.expand_dims(partial, 1))
 
 
 @gluon.jit(do_not_specialize=["num_tokens", "num_tokens2", "topk", "topk2"])  # no variant per value
@@ -532,8 +562,12 @@ def sparse_decode_hopper_kernel(
         (producer, (K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
                     stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s, num_tokens,
                     num_tokens2, topk, topk2, IS_V32, D_NOPE, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2, HAS_LEN, HAS_EXTRA,
-                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS)),
-    ], [4, 4], [SOFTMAX_REGS, PRODUCER_REGS])
+                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, 0)),
+        (producer, (K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
+                    stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s, num_tokens,
+                    num_tokens2, topk, topk2, IS_V32, D_NOPE, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2, HAS_LEN, HAS_EXTRA,
+                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, PRODUCER_ROWS)),
+    ], [4, 4, 4], [SOFTMAX_REGS, PRODUCER_REGS, PRODUCER_REGS])
 
 
 def bind_sparse_hopper(varying: tuple, fixed_common: tuple, grid: tuple, layout, page_size: int, page_size2: int,

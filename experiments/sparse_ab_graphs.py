@@ -1,0 +1,43 @@
+"""EXPERIMENT (issue 10): sparse kernel variants timed interleaved on the same inputs: one CUDA graph per variant,
+rounds of do_bench medians over all graphs (so clock drift and a freshly started machine's first readings hit every
+variant alike), outputs compared with the first variant's (max abs difference). A variant is a label and the
+environment settings it is bound under: `base`, `two@TRITONMLA_X=2@TRITONMLA_Y=8` (settings persist to the next).
+Run: PYTHONPATH=. python experiments/sparse_ab_graphs.py CASE ROUNDS VARIANT ...   (CASE: a bench case name, V32)"""
+import os
+import statistics
+import sys
+
+import torch
+import triton
+
+import tritonmla as tm
+from tritonmla.bench.sparse import CASES, make_sparse_inputs
+from tritonmla.sparse import call as C
+
+case, rounds, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+c = next(c for c in CASES if c[0] == case)
+name, h_q, s_q, s_k, topk, d_qk, page, extra, extra_len = c[:9]
+x = make_sparse_inputs(64, s_q, h_q, d_qk, topk, page, s_k, extra=extra, have_extra_topk_length=extra_len, sink=True,
+                       nan_unused=False, garbage_past_length=False, device="cuda", seed=64)
+graphs, ref = {}, None
+for v in variants:
+    for kv in v.split("@")[1:]:
+        k_, _, val = kv.partition("=")
+        os.environ[k_] = val
+    C.clear()
+    meta, _ = tm.get_mla_metadata()
+    step = lambda: tm.flash_mla_with_kvcache(x.q, x.k_cache, None, None, 512, meta, None, **x.kwargs())  # noqa
+    out, lse = step()
+    if ref is None:
+        ref = out.float().clone()
+    diff = (out.float() - ref).abs().max().item()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    graphs[v] = (g, diff)
+times = {v: [] for v in variants}
+for r in range(rounds):
+    for v in variants:
+        times[v].append(1e3 * triton.testing.do_bench(graphs[v][0].replay, warmup=10, rep=100, return_mode="median"))
+print(f"{case}: " + "  ".join(f"{v} {statistics.median(t):6.1f}us (diff {graphs[v][1]:.0e}; "
+                               f"{min(t):.1f}-{max(t):.1f})" for v, t in times.items()), flush=True)
