@@ -19,7 +19,8 @@ scores multiplied back; a key row whose scales or RoPE values could pass 2^16 is
 score and P column multiplied back (P 2^e <= 2^15 stays finite). fp16 P keeps more bits than bf16.
 
 Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.2's RoPE box) in shared memory:
-    softmax warpgroup: Q -> shared memory per request; per tile S = Q K^T (wgmma N = 64, so Q is read once),
+    softmax warpgroup: Q -> shared memory per request (boxes 0-3; warpgroup 1, idle at a request's start, stages
+        boxes 4-7 and V32's RoPE box); per tile S = Q K^T (wgmma N = 64, so Q is read once),
         softmax, P (fp16) -> shared memory with the row rescale alpha, O[:, :256] = O alpha + P V[:, :256] with P
         from registers; the row sums and the epilogue factor.
     warpgroup 1 (default partition): per tile O[:, 256:] = O alpha + P V[:, 256:] (P from shared memory).
@@ -32,7 +33,8 @@ side that waits), each executed by every thread of its warpgroup, so that every 
 across it (an mbarrier arrive from one elected thread would release only that thread's writes):
     READY[slot]: both producers (arrive after writing their rows and fencing them for wgmma) -> softmax warpgroup;
     EMPTY[slot]: both consumer warpgroups (arrive once their wgmmas on the slot completed) -> both producers;
-    P_READY / P_FREE: softmax warpgroup -> warpgroup 1 (P, alpha, the epilogue factor) and back.
+    P_READY / P_FREE: softmax warpgroup -> warpgroup 1 (P, alpha, the epilogue factor) and back;
+    Q_MAX / Q_READY: the two halves of a request's query rows (row maxima exchanged, then warpgroup 1's half).
 Every barrier alternates arrive and sync (the opposite hand-off bounds the skew), and every arrive is matched by
 a sync, including the last tiles' (no barrier left mid-generation at exit). Warpgroup 1 reads a slot only after
 P_READY, which the softmax warpgroup arrives after its READY sync. Unused slots load nothing (masked loads) and
@@ -130,6 +132,18 @@ def load_tile(row, scales, ok, IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, R
     rope_tok: gl.constexpr = gl.SliceLayout(1, rope_l)
     words_col = gl.expand_dims(gl.arange(0, BOX // 4, gl.SliceLayout(0, word_l)), 0)
     rope_col = gl.expand_dims(gl.arange(0, BOX // 2, gl.SliceLayout(0, rope_l)), 0)
+    # The scales and RoPE values first: the dequantization uses them first (the row's shift).
+    w0 = gl.load(scales, mask=ok, other=0)
+    w1 = gl.load(scales + 1, mask=ok, other=0)
+    if IS_V32:
+        w2 = gl.load(scales + 2, mask=ok, other=0)
+        w3 = gl.load(scales + 3, mask=ok, other=0)
+    else:
+        w2 = gl.zeros_like(w0)
+        w3 = gl.zeros_like(w0)
+    rope_rows = gl.convert_layout((row + ROPE_OFFSET).to(gl.pointer_type(gl.int32)), rope_tok)
+    rope = gl.load(gl.expand_dims(rope_rows, 1) + rope_col, mask=gl.expand_dims(gl.convert_layout(ok, rope_tok), 1),
+                   other=0)
     okc = gl.expand_dims(ok, 1)
     rows = gl.expand_dims(row, 1).to(gl.pointer_type(gl.int32)) + words_col
     c0 = gl.load(rows, mask=okc, other=0)
@@ -143,17 +157,6 @@ def load_tile(row, scales, ok, IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, R
         c7 = gl.load(rows + 7 * BOX // 4, mask=okc, other=0)
     else:  # MODEL1: columns 448.. are the RoPE values, loaded below
         c7 = gl.zeros_like(c0)
-    w0 = gl.load(scales, mask=ok, other=0)
-    w1 = gl.load(scales + 1, mask=ok, other=0)
-    if IS_V32:
-        w2 = gl.load(scales + 2, mask=ok, other=0)
-        w3 = gl.load(scales + 3, mask=ok, other=0)
-    else:
-        w2 = gl.zeros_like(w0)
-        w3 = gl.zeros_like(w0)
-    rope_rows = gl.convert_layout((row + ROPE_OFFSET).to(gl.pointer_type(gl.int32)), rope_tok)
-    rope = gl.load(gl.expand_dims(rope_rows, 1) + rope_col, mask=gl.expand_dims(gl.convert_layout(ok, rope_tok), 1),
-                   other=0)
     return (c0, c1, c2, c3, c4, c5, c6, c7), (w0, w1, w2, w3), rope, ok
 
 
@@ -239,6 +242,12 @@ ARRIVE_READY = gl.constexpr("barrier.arrive $1, 384;")
 SYNC_READY = gl.constexpr("barrier.sync $1, 384;")
 ARRIVE_EMPTY = gl.constexpr("barrier.arrive $1, 512;")
 SYNC_EMPTY = gl.constexpr("barrier.sync $1, 512;")
+# Query staging, split between the consumer warpgroups: Q_MAX (id 14) both sync after writing their half's row
+# maxima (bf16 queries); Q_READY (id 15) warpgroup 1 arrives after storing and fencing its half, the softmax
+# warpgroup syncs before its first S.
+SYNC_Q_MAX = gl.constexpr("barrier.sync 14, 256;")
+ARRIVE_Q_READY = gl.constexpr("barrier.arrive 15, 256;")
+SYNC_Q_READY = gl.constexpr("barrier.sync 15, 256;")
 READY_ID = gl.constexpr(10)
 EMPTY_ID = gl.constexpr(12)
 STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay every writer and reader of a hand-off; 0 in use
@@ -327,6 +336,39 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
 
 
 @gluon.jit
+def q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb, stride_qs,
+                    stride_qh, FIRST: gl.constexpr, WHO: gl.constexpr, ROPE: gl.constexpr, IS_V32: gl.constexpr,
+                    D_NOPE: gl.constexpr, rope_dtype: gl.constexpr, tok_l: gl.constexpr,
+                    STRESS_DELAY_NS: gl.constexpr):
+    """Boxes FIRST .. FIRST + 3 of a request's query rows -> q16 in fp16 (with ROPE, V32's RoPE box too): one
+    consumer warpgroup's half of the query staging (WHO: 0 softmax warpgroup, 1 warpgroup 1). Returns the rows'
+    shift; for bf16 queries each half's row maxima go through qmax_smem[WHO] and Q_MAX, so both halves shift a row
+    alike (a row with |q| >= 2^15 is divided by 2^shift, its scores multiplied back)."""
+    dtype: gl.constexpr = Q.dtype.element_ty
+    q_row = Q + b64 * stride_qb + q_pos * stride_qs + gl.expand_dims(heads_b * stride_qh, 1) + cols_b
+    shift = gl.zeros([BLOCK_M], gl.int32, tok_l)
+    if dtype != gl.float16:
+        big = gl.zeros([BLOCK_M], gl.float32, tok_l)
+        for c in gl.static_range(FIRST, FIRST + V_BOXES // 2):
+            x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0).to(gl.float32)
+            big = gl.maximum(big, gl.max(gl.abs(x), 1))
+        stall(STRESS_DELAY_NS)
+        qmax_smem.index(WHO).store(big)
+        named_barrier(SYNC_Q_MAX)
+        stall(STRESS_DELAY_NS)
+        big = gl.maximum(big, qmax_smem.index(1 - WHO).load(tok_l))
+        shift = gl.maximum(exponent_of(big) - 14, 0)
+    inv = gl.expand_dims(pow2(-shift), 1)
+    for c in gl.static_range(FIRST, FIRST + V_BOXES // 2):
+        x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0)
+        q16.slice(c * BOX, BOX, 1).store((x.to(gl.float32) * inv).to(gl.float16))
+    if ROPE and IS_V32:
+        x = gl.load(q_row + D_NOPE, mask=head_ok_b, other=0.0)
+        q_rope.store((x.to(gl.float32) * inv).to(rope_dtype))
+    return shift
+
+
+@gluon.jit
 def out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok):
     """(direct: rows written to out/lse, partial: rows written to the partials, split row) of request b."""
     split_begin = gl.load(NUM_SPLITS + b)
@@ -337,7 +379,7 @@ def out_rows(NUM_SPLITS, b, begin_req, begin_split, has_work, head_ok):
 
 @gluon.jit
 def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
-                      q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem,
+                      q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem, qmax_smem,
                       qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb,
                       stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
                       IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr,
@@ -373,26 +415,16 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
         len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
                                                                        TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
-        # Q -> shared memory (only this warpgroup's S reads it, all waited): fp16 NoPE (+ MODEL1 RoPE) boxes, V32's
-        # RoPE box in rope_dtype; a row with |q| >= 2^15 divided by 2^shift (scores multiplied back).
-        q_row = Q + b64 * stride_qb + q_pos * stride_qs + gl.expand_dims(heads_b * stride_qh, 1) + cols_b
-        shift = gl.zeros([BLOCK_M], gl.int32, tok_l)
-        if dtype != gl.float16:
-            big = gl.zeros([BLOCK_M], gl.float32, tok_l)
-            for c in gl.static_range(V_BOXES):
-                x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0).to(gl.float32)
-                big = gl.maximum(big, gl.max(gl.abs(x), 1))
-            shift = gl.maximum(exponent_of(big) - 14, 0)
-        inv = gl.expand_dims(pow2(-shift), 1)
-        for c in gl.static_range(V_BOXES):
-            x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0)
-            q16.slice(c * BOX, BOX, 1).store((x.to(gl.float32) * inv).to(gl.float16))
-        if IS_V32:
-            x = gl.load(q_row + D_NOPE, mask=head_ok_b, other=0.0)
-            q_rope.store((x.to(gl.float32) * inv).to(rope_dtype))
+        # Q -> shared memory (only this warpgroup's S reads it, all waited): fp16 NoPE (+ MODEL1 RoPE) boxes 0-3
+        # here, boxes 4-7 and V32's RoPE box (in rope_dtype) in warpgroup 1, which idles at a request's start.
+        stall(STRESS_DELAY_NS)
+        shift = q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb,
+                                stride_qs, stride_qh, 0, 0, False, IS_V32, D_NOPE, rope_dtype, tok_l,
+                                STRESS_DELAY_NS)
         row_scale = gl.convert_layout(qk_scale_log2 * pow2(shift), s_row)
         fence_async_shared()
         gl.thread_barrier()
+        named_barrier(SYNC_Q_READY)  # warpgroup 1's half stored and fenced
 
         m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, s_row)
         l_i = gl.zeros([BLOCK_M], gl.float32, s_row)
@@ -463,11 +495,13 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
 
 
 @gluon.jit
-def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_smem, p_smem, row_smem,
-                 stride_ob, stride_os, stride_oh, stride_ps, stride_pr, heads_q, topk, topk2,
-                 HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr,
-                 SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
-    """Warpgroup 1: O[:, 256:] with warpgroup 0's P, alpha and final factor."""
+def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q16, q_rope, k_smem, p_smem, row_smem,
+                 qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_ps, stride_pr,
+                 heads_q, topk, topk2, IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr,
+                 HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
+                 rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
+    """Warpgroup 1: half of each request's query staging; O[:, 256:] with warpgroup 0's P, alpha and final
+    factor."""
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                     instr_shape=[16, QUARTER, 16])
     o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
@@ -476,6 +510,11 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
     heads = m_block * BLOCK_M + gl.arange(0, BLOCK_M, o_row)
     head_ok = heads < heads_q
     cols = gl.expand_dims(HALF + gl.arange(0, QUARTER, gl.SliceLayout(0, o_mma)), 0)
+    box_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # (the softmax warpgroup's)
+    tok_b: gl.constexpr = gl.SliceLayout(1, box_l)
+    heads_b = m_block * BLOCK_M + gl.arange(0, BLOCK_M, tok_b)
+    head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
+    cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
     begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     g = 0
     for b in range(begin_req, end_req + 1):
@@ -483,6 +522,11 @@ def pv_warpgroup(TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_sme
         len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
                                                                        TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
+        stall(STRESS_DELAY_NS)
+        q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb, stride_qs,
+                        stride_qh, V_BOXES // 2, 1, True, IS_V32, D_NOPE, rope_dtype, tok_b, STRESS_DELAY_NS)
+        fence_async_shared()  # read next by the softmax warpgroup's wgmma
+        named_barrier(ARRIVE_Q_READY)
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         for t in range(n_tiles):
@@ -548,13 +592,15 @@ def sparse_decode_hopper_kernel(
     p_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, BLOCK_N], p_layout)
     factor_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], flat)
     row_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M], flat)  # alpha per tile, then the final factor
+    qmax_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M], flat)  # each half's query row maxima
 
     gl.warp_specialize([
-        (pv_warpgroup, (TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, k_smem, p_smem, row_smem,
-                        stride_ob, stride_os, stride_oh, stride_ps, stride_pr, heads_q, topk, topk2, HAS_LEN,
-                        HAS_EXTRA, HAS_LEN2, PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)),
+        (pv_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q16, q_rope, k_smem, p_smem,
+                        row_smem, qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
+                        stride_ps, stride_pr, heads_q, topk, topk2, IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2,
+                        PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS)),
         (softmax_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
-                             q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem,
+                             q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem, qmax_smem,
                              qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
                              stride_lb, stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
                              IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2, HAS_SINK, PLAN_TILE, SCHED_ROW,
