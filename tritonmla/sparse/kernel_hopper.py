@@ -23,7 +23,8 @@ Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.
         boxes 4-7 and V32's RoPE box); per tile S = Q K^T (wgmma N = 64, so Q is read once),
         softmax, P (fp16) -> shared memory with the row rescale alpha, O[:, :256] = O alpha + P V[:, :256] with P
         from registers; the row sums and the epilogue factor.
-    warpgroup 1 (default partition): per tile O[:, 256:] = O alpha + P V[:, 256:] (P from shared memory).
+    warpgroup 1 (default partition): its half of each request's query staging; per tile O[:, 256:] = O alpha +
+        P V[:, 256:] (P from shared memory).
     two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
         tile's held in registers until its slot is free, L2 prefetch two tiles ahead, indices three), dequantize
         them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one warp per scheduler,
@@ -35,10 +36,13 @@ across it (an mbarrier arrive from one elected thread would release only that th
     EMPTY[slot]: both consumer warpgroups (arrive once their wgmmas on the slot completed) -> both producers;
     P_READY / P_FREE: softmax warpgroup -> warpgroup 1 (P, alpha, the epilogue factor) and back;
     Q_MAX / Q_READY: the two halves of a request's query rows (row maxima exchanged, then warpgroup 1's half).
-Every barrier alternates arrive and sync (the opposite hand-off bounds the skew), and every arrive is matched by
-a sync, including the last tiles' (no barrier left mid-generation at exit). Warpgroup 1 reads a slot only after
-P_READY, which the softmax warpgroup arrives after its READY sync. Unused slots load nothing (masked loads) and
-come out 0 with a -inf score, so an unused row's NaN never enters a dot.
+Every barrier but Q_MAX (synced on both sides) alternates arrive and sync (the opposite hand-off bounds the skew),
+and every arrive is matched by a sync, including the last tiles' (no barrier left mid-generation at exit).
+Warpgroup 1 reads a slot only after P_READY, which the softmax warpgroup arrives after its READY sync. Reuse across
+request pieces: warpgroup 1 stages the next piece's query half (q16, q_rope, its row of the maxima) only after
+the epilogue's P_READY, which the softmax warpgroup arrives after its last S completed and after it read those
+maxima; the softmax warpgroup writes its next maxima only after Q_READY, which warpgroup 1 arrives after its read.
+Unused slots load nothing (masked loads) and come out 0 with a -inf score, so an unused row's NaN never enters a dot.
 """
 from __future__ import annotations
 
@@ -88,7 +92,7 @@ def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.c
 def tile_rows(K, K2, idx, ok, start, main_end, num_tokens, num_tokens2, stride_kblock, stride_k2block,
               IS_V32: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr, ROW_BYTES: gl.constexpr,
               SCALE_OFFSET: gl.constexpr):
-    """Where a tile's rows are: (row pointers [64] (bytes), scale-word pointers [64], ok [64]: an index in
+    """Where a tile's rows are (a producer's 32): (row pointers (bytes), scale-word pointers, ok: an index in
     [0, num_tokens) of its cache; -1 and anything out of range are skipped, never read)."""
     in_main = start < main_end
     ok = ok & (idx >= 0) & (idx < gl.where(in_main, num_tokens, num_tokens2))
@@ -126,8 +130,9 @@ def prefetch_rows(row, scales, ok, ROW_BYTES: gl.constexpr, IS_V32: gl.constexpr
 @gluon.jit
 def load_tile(row, scales, ok, IS_V32: gl.constexpr, NOPE_BOXES: gl.constexpr, ROPE_OFFSET: gl.constexpr,
               word_l: gl.constexpr, rope_l: gl.constexpr):
-    """A tile's raw bytes: (codes: 8 boxes [64, 16] int32 (4 e4m3 codes each), scale words: 4 x int32 [64]
-    (V32: the 4 fp32 scales; MODEL1: words 0-1 = the 8 ue8m0 bytes), rope [64, 32] int32 (2 bf16 each), ok).
+    """A producer's 32 rows of a tile, raw: (codes: 8 boxes [32, 16] int32 (4 e4m3 codes each), scale words:
+    4 x int32 [32] (V32: the 4 fp32 scales; MODEL1: words 0-1 = the 8 ue8m0 bytes), rope [32, 32] int32 (2 bf16
+    each), ok).
     Loaded as 32-bit words: carried across an iteration, bytes would take a register each."""
     rope_tok: gl.constexpr = gl.SliceLayout(1, rope_l)
     words_col = gl.expand_dims(gl.arange(0, BOX // 4, gl.SliceLayout(0, word_l)), 0)
@@ -180,7 +185,7 @@ def group_scale(words, c: gl.constexpr, IS_V32: gl.constexpr):
 
 @gluon.jit
 def decode_codes(words, scale16, pair_l: gl.constexpr):
-    """[64, n] int32 words of e4m3 codes -> [64, 2n] int32 words of fp16 pairs, code x scale (scale16: fp16 [64],
+    """[rows, n] int32 words of e4m3 codes -> [rows, 2n] int32 words of fp16 pairs, code x scale (scale16: fp16,
     one per row), in memory order: per word two cvt.rn.f16x2.e4m3x2 and two mul.rn.f16x2."""
     half = scale16.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
     scale2 = gl.expand_dims(half | (half << 16), 1) + gl.zeros_like(words)
@@ -231,7 +236,8 @@ MAXNREG = 128  # 16 warps x 128 = the register file, re-split below
 SOFTMAX_REGS = gl.constexpr(208)
 PRODUCER_REGS = gl.constexpr(72)
 PRODUCER_ROWS = gl.constexpr(BLOCK_N // 2)  # rows of each tile per producer warpgroup
-# Named barriers over the two consumer warpgroups (Triton's warp_specialize uses ids 0, 1 and 2.. per partition).
+# Named barriers (Triton's warp_specialize uses ids 0, 1 and 2.. per partition); P_READY / P_FREE over the two
+# consumer warpgroups.
 ARRIVE_P_READY = gl.constexpr("barrier.arrive 8, 256;")
 SYNC_P_READY = gl.constexpr("barrier.sync 8, 256;")
 ARRIVE_P_FREE = gl.constexpr("barrier.arrive 9, 256;")
