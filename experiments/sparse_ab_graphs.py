@@ -2,7 +2,8 @@
 rounds of do_bench medians over all graphs (so clock drift and a freshly started machine's first readings hit every
 variant alike), outputs compared with the first variant's (max abs difference). A variant is a label and the
 environment settings it is bound under: `base`, `two@TRITONMLA_X=2@TRITONMLA_Y=8` (settings persist to the next).
-Run: PYTHONPATH=. python experiments/sparse_ab_graphs.py CASE ROUNDS VARIANT ...   (CASE: a bench case name, V32)"""
+Run: PYTHONPATH=. python experiments/sparse_ab_graphs.py CASE ROUNDS VARIANT ...   (CASE: a bench case name such
+as V32 or MODEL1-2, run at b 64; it replaced sparse_ab.py, which timed variants one after another)"""
 import os
 import statistics
 import sys

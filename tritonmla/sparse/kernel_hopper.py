@@ -392,7 +392,6 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
                       HAS_LEN2: gl.constexpr, HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr,
                       SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
     """Warpgroup 0: S, softmax, O[:, :256]; see the module docstring."""
-    dtype: gl.constexpr = Q.dtype.element_ty
     s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                     instr_shape=[16, QUARTER, 16])
