@@ -70,7 +70,8 @@ def compile_hopper(layout, dtype="bf16", page=64, page2=64, has=(True, True, Tru
            "LSE": "*fp32", "OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32"}
     const = dict(IS_V32=layout is V32, D_NOPE=layout.d_nope, ROW_BYTES=layout.row_bytes, PAGE_SIZE=page,
                  PAGE_SIZE2=page2, HAS_LEN=has[0], HAS_EXTRA=has[1], HAS_LEN2=has[2], HAS_SINK=has[3], PLAN_TILE=64,
-                 SCHED_ROW=8, STRESS_DELAY_NS=int(os.environ.get("STRESS_DELAY_NS", "0")), num_warps=H.NUM_WARPS)
+                 SCHED_ROW=8, STRESS_DELAY_NS=int(os.environ.get("STRESS_DELAY_NS", "0")),
+                 STRESS_ONE_SITE=os.environ.get("STRESS_ONE_SITE", "0") == "1", num_warps=H.NUM_WARPS)
     sig = {n: ptr.get(n) or ("constexpr" if n in const else "fp32" if n == "qk_scale_log2" else "i32")
            for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names

@@ -281,14 +281,18 @@ def test_no_compile_after_warmup_sparse_across_batch_sizes(d_qk, heads_q):
 
 
 @needs_sm90
+@pytest.mark.parametrize("one_site,delay_ns", [(False, 4000), (True, 30000)], ids=["every-site", "one-site"])
 @pytest.mark.parametrize("d_qk", [576, 512])
-def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk):
+def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk, one_site, delay_ns):
     """The Gluon kernel's warpgroups hand over K slots (producer -> softmax warpgroup -> warpgroup 1), P, the row
-    rescale and the epilogue factor. Rebuilt with every thread sleeping a different 0-4 us before it writes what
-    another warpgroup reads (and before it reads what another writes next), and replayed in a CUDA graph, it gives
-    bit for bit what the undelayed kernel gives: a hand-off that did not order every writer before the readers
-    would lose the late writers' values, one that did not order the readers before the next write would hand them
-    the next value. (Its reach, NOTES.md run 14: a build without the P_FREE syncs also passed it.)"""
+    rescale, the epilogue factor and the query maxima. Rebuilt with threads sleeping a different 0..delay_ns each
+    before they write what another warpgroup reads (and before they read what another writes next), and replayed
+    in a CUDA graph, it gives bit for bit what the undelayed kernel gives: a hand-off that did not order every
+    writer before the readers would lose the late writers' values, one that did not order the readers before the
+    next write would hand them the next value. every-site: all delay sites at every tile (the warpgroups stay in
+    step); one-site: one site per tile, drawn by a hash, so one warpgroup at a time runs late while the others go
+    on. (nanosleep sleeps far less than asked: 30 us asked per site added ~6 us to a whole replay. A build without
+    the P_FREE syncs passes every-site and one-site at 8 us, and fails one-site at 30 us: NOTES.md run 16.)"""
     from tritonmla.sparse import kernel_hopper
 
     extra = (64, 2, 512) if d_qk == 512 else None
@@ -303,12 +307,14 @@ def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk):
     want_out, want_lse = step()
     assert int((meta.num_splits[1:] - meta.num_splits[:-1]).max()) >= 2  # (partials and the combine too)
     try:
-        kernel_hopper.STRESS_DELAY_NS = 4000
+        kernel_hopper.STRESS_DELAY_NS = delay_ns
+        kernel_hopper.STRESS_ONE_SITE = one_site
         sparse_call.clear()
         step()  # (binds the delayed build outside the capture)
         assert_graph_replays_bitwise(step, want_out, want_lse, 30)
     finally:
         kernel_hopper.STRESS_DELAY_NS = 0
+        kernel_hopper.STRESS_ONE_SITE = False
         sparse_call.clear()
     check(x, want_out, want_lse)
 

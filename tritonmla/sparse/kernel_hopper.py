@@ -256,7 +256,25 @@ ARRIVE_Q_READY = gl.constexpr("barrier.arrive 15, 256;")
 SYNC_Q_READY = gl.constexpr("barrier.sync 15, 256;")
 READY_ID = gl.constexpr(10)
 EMPTY_ID = gl.constexpr(12)
-STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay every writer and reader of a hand-off; 0 in use
+STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay the writers and readers of the hand-offs; 0 in use
+STRESS_ONE_SITE = False  # tests: with it, one delay site per step (rotating) instead of all of them
+STRESS_SITES = gl.constexpr(10)  # the `late` sites below, numbered 0-9
+
+
+@gluon.jit
+def late(STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr, SITE: gl.constexpr, step):
+    """Tests only (compiled out at STRESS_DELAY_NS = 0): stall before a hand-off write or read at delay site SITE,
+    at every step, or with STRESS_ONE_SITE only when the step (tile or request counter) picks this site, so that
+    one warpgroup at a time runs late while the others go on (uniform delays keep the warpgroups in step: they did
+    not catch a build without P_FREE, NOTES.md runs 14 and 16)."""
+    if STRESS_DELAY_NS > 0:
+        if STRESS_ONE_SITE:  # a site drawn per step and program (a hash: a rotation would fix which site
+            # follows which, e.g. always the producer's after warpgroup 1's, holding back the one that could overtake)
+            h = (step * 73 + gl.program_id(2) * 31 + gl.program_id(0) * 17) % 1009
+            if (h * h) % 1009 % STRESS_SITES == SITE:
+                stall(STRESS_DELAY_NS)
+        else:
+            stall(STRESS_DELAY_NS)
 
 
 @gluon.jit
@@ -275,7 +293,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
              IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
              PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
              PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr,
-             STRESS_DELAY_NS: gl.constexpr, ROW0: gl.constexpr):
+             STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr, ROW0: gl.constexpr):
     """Walk the plan as the consumers do; rows ROW0 .. ROW0 + 31 of tile g of this program go to slot g % 2 (the
     other producer warpgroup does the other 32)."""
     ROWS: gl.constexpr = PRODUCER_ROWS
@@ -322,7 +340,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
                                            t + 3 < n_tiles, tok_w, ROW0, ROWS)
             if g >= 2:  # tile g-2, the slot's previous tile, done by both consumers
                 slot_barrier(SYNC_EMPTY, EMPTY_ID, slot)
-            stall(STRESS_DELAY_NS)
+            late(STRESS_DELAY_NS, STRESS_ONE_SITE, 0, g)  # the slot's writer
             dequantize_tile(codes, words, rope, ok, k_smem.index(slot), rope_smem.index(slot),
                             factor_smem.index(slot), IS_V32, NOPE_BOXES, rope_dtype, box_l, word_l, rope_l, ROW0,
                             ROWS)
@@ -345,7 +363,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
 def q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb, stride_qs,
                     stride_qh, FIRST: gl.constexpr, WHO: gl.constexpr, ROPE: gl.constexpr, IS_V32: gl.constexpr,
                     D_NOPE: gl.constexpr, rope_dtype: gl.constexpr, tok_l: gl.constexpr,
-                    STRESS_DELAY_NS: gl.constexpr):
+                    STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr):
     """Boxes FIRST .. FIRST + 3 of a request's query rows -> q16 in fp16 (with ROPE, V32's RoPE box too): one
     consumer warpgroup's half of the query staging (WHO: 0 softmax warpgroup, 1 warpgroup 1). Returns the rows'
     shift; for bf16 queries each half's row maxima go through qmax_smem[WHO] and Q_MAX, so both halves shift a row
@@ -358,10 +376,10 @@ def q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, c
         for c in gl.static_range(FIRST, FIRST + V_BOXES // 2):
             x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0).to(gl.float32)
             big = gl.maximum(big, gl.max(gl.abs(x), 1))
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 8, b64)
         qmax_smem.index(WHO).store(big)
         named_barrier(SYNC_Q_MAX)
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 9, b64)
         big = gl.maximum(big, qmax_smem.index(1 - WHO).load(tok_l))
         shift = gl.maximum(exponent_of(big) - 14, 0)
     inv = gl.expand_dims(pow2(-shift), 1)
@@ -390,7 +408,8 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
                       stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
                       IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr,
                       HAS_LEN2: gl.constexpr, HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr,
-                      SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
+                      SCHED_ROW: gl.constexpr, rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr,
+                      STRESS_ONE_SITE: gl.constexpr):
     """Warpgroup 0: S, softmax, O[:, :256]; see the module docstring."""
     s_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -422,10 +441,10 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
         # Q -> shared memory (only this warpgroup's S reads it, all waited): fp16 NoPE (+ MODEL1 RoPE) boxes 0-3
         # here, boxes 4-7 and V32's RoPE box (in rope_dtype) in warpgroup 1, which idles at a request's start.
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 6, b)
         shift = q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb,
                                 stride_qs, stride_qh, 0, 0, False, IS_V32, D_NOPE, rope_dtype, tok_l,
-                                STRESS_DELAY_NS)
+                                STRESS_DELAY_NS, STRESS_ONE_SITE)
         row_scale = gl.convert_layout(qk_scale_log2 * pow2(shift), s_row)
         fence_async_shared()
         gl.thread_barrier()
@@ -444,14 +463,14 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
             if IS_V32:
                 s = warpgroup_mma(q_rope, rope_smem.index(slot).permute((1, 0)), s, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            stall(STRESS_DELAY_NS)  # a reader late to read: what a hand-off must also order
+            late(STRESS_DELAY_NS, STRESS_ONE_SITE, 1, g)  # a reader late to read: what a hand-off must also order
             key_factor = gl.expand_dims(factor_smem.index(slot).load(s_col), 0)
             s = gl.where(key_factor > 0.0, s * gl.expand_dims(row_scale, 1) * key_factor, float("-inf"))
             m_i, l_i, alpha, p = online_softmax(s, m_i, l_i)
             p16 = (p * key_factor).to(gl.float16)  # (an unattended row: p = 0)
             if writes > 0:
                 named_barrier(SYNC_P_FREE)
-            stall(STRESS_DELAY_NS)
+            late(STRESS_DELAY_NS, STRESS_ONE_SITE, 2, g)
             p_smem.store(p16)
             row_smem.store(alpha)
             fence_async_shared()  # P is read by warpgroup 1's wgmma
@@ -478,7 +497,7 @@ def softmax_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE,
             factor = gl.where(gl.convert_layout(direct, s_row), sink_factor, factor)
         if writes > 0:
             named_barrier(SYNC_P_FREE)
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 4, b)
         row_smem.store(factor)
         named_barrier(ARRIVE_P_READY)
         writes += 1
@@ -504,7 +523,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
                  qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_ps, stride_pr,
                  heads_q, topk, topk2, IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr,
                  HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-                 rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr):
+                 rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr):
     """Warpgroup 1: half of each request's query staging; O[:, 256:] with warpgroup 0's P, alpha and final
     factor."""
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -527,9 +546,10 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
                                                                        TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 7, b)
         q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, cols_b, stride_qb, stride_qs,
-                        stride_qh, V_BOXES // 2, 1, True, IS_V32, D_NOPE, rope_dtype, tok_b, STRESS_DELAY_NS)
+                        stride_qh, V_BOXES // 2, 1, True, IS_V32, D_NOPE, rope_dtype, tok_b, STRESS_DELAY_NS,
+                        STRESS_ONE_SITE)
         fence_async_shared()  # read next by the softmax warpgroup's wgmma
         named_barrier(ARRIVE_Q_READY)
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
@@ -537,7 +557,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         for t in range(n_tiles):
             slot = g % 2
             named_barrier(SYNC_P_READY)  # (and the slot, through the softmax warpgroup's READY sync)
-            stall(STRESS_DELAY_NS)
+            late(STRESS_DELAY_NS, STRESS_ONE_SITE, 3, g)
             alpha = row_smem.load(o_row)
             alpha_o = gl.expand_dims(alpha, 1)
             o0 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, QUARTER, 1), o0 * alpha_o, is_async=True)
@@ -548,7 +568,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
             slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)
             g += 1
         named_barrier(SYNC_P_READY)
-        stall(STRESS_DELAY_NS)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 5, b)
         factor = row_smem.load(o_row)
         if b < end_req:  # the last hand-off of the program has no next writer to free it for
             named_barrier(ARRIVE_P_FREE)
@@ -582,7 +602,7 @@ def sparse_decode_hopper_kernel(
     IS_V32: gl.constexpr, D_NOPE: gl.constexpr, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr,
     PAGE_SIZE2: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr,
     HAS_SINK: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr, STRESS_DELAY_NS: gl.constexpr,
-    num_warps: gl.constexpr,
+    STRESS_ONE_SITE: gl.constexpr, num_warps: gl.constexpr,
 ):
     gl.static_assert(PLAN_TILE == BLOCK_N, "a tile is a plan tile (request_range counts them)")
     rope_dtype: gl.constexpr = Q.dtype.element_ty  # V32's RoPE box: bf16 stays bf16, fp16 queries fp16
@@ -603,21 +623,22 @@ def sparse_decode_hopper_kernel(
         (pv_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q16, q_rope, k_smem, p_smem,
                         row_smem, qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
                         stride_ps, stride_pr, heads_q, topk, topk2, IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2,
-                        PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS)),
+                        PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE)),
         (softmax_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
                              q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem, qmax_smem,
                              qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
                              stride_lb, stride_lh, stride_ps, stride_pr, stride_pls, heads_q, topk, topk2,
                              IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2, HAS_SINK, PLAN_TILE, SCHED_ROW,
-                             rope_dtype, STRESS_DELAY_NS)),
+                             rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE)),
         (producer, (K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
                     stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s, num_tokens,
                     num_tokens2, topk, topk2, IS_V32, D_NOPE, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2, HAS_LEN, HAS_EXTRA,
-                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, 0)),
+                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE, 0)),
         (producer, (K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_smem, factor_smem,
                     stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s, num_tokens,
                     num_tokens2, topk, topk2, IS_V32, D_NOPE, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2, HAS_LEN, HAS_EXTRA,
-                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, PRODUCER_ROWS)),
+                    HAS_LEN2, PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE,
+                    PRODUCER_ROWS)),
     ], [4, 4, 4], [SOFTMAX_REGS, PRODUCER_REGS, PRODUCER_REGS])
 
 
@@ -626,5 +647,5 @@ def bind_sparse_hopper(varying: tuple, fixed_common: tuple, grid: tuple, layout,
     """sparse_decode_hopper_kernel for one configuration: the portable kernel's pointer and stride arguments
     (fixed_common: qk scale .. topk2), grid = (64-head blocks, s_q, parts)."""
     fixed = (*fixed_common, layout.name == "V32", layout.d_nope, layout.row_bytes, page_size, page_size2, *has,
-             PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)
+             PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS, STRESS_ONE_SITE)
     return BoundKernel(sparse_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS, maxnreg=MAXNREG))
