@@ -3,7 +3,8 @@ rounds of do_bench medians over all graphs (so clock drift and a freshly started
 variant alike), outputs compared with the first variant's (max abs difference). A variant is a label and the
 environment settings it is bound under: `base`, `two@TRITONMLA_X=2@TRITONMLA_Y=8` (settings persist to the next).
 Run: PYTHONPATH=. python experiments/sparse_ab_graphs.py CASE ROUNDS VARIANT ...   (CASE: a bench case name such
-as V32 or MODEL1-2, run at b 64; it replaced sparse_ab.py, which timed variants one after another)"""
+as V32 or MODEL1-2, or peak-H-D for the peak case of h_q H and d_qk D, run at b 64; it replaced sparse_ab.py, which
+timed variants one after another)"""
 import os
 import statistics
 import sys
@@ -16,7 +17,10 @@ from tritonmla.bench.sparse import CASES, make_sparse_inputs
 from tritonmla.sparse import call as C
 
 case, rounds, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-c = next(c for c in CASES if c[0] == case)
+if case.startswith("peak-"):  # peak-H-D: the peak case of h_q H, d_qk D
+    c = next(c for c in CASES if c[0] == "peak" and f"peak-{c[1]}-{c[5]}" == case)
+else:
+    c = next(c for c in CASES if c[0] == case)
 name, h_q, s_q, s_k, topk, d_qk, page, extra, extra_len = c[:9]
 x = make_sparse_inputs(64, s_q, h_q, d_qk, topk, page, s_k, extra=extra, have_extra_topk_length=extra_len, sink=True,
                        nan_unused=False, garbage_past_length=False, device="cuda", seed=64)

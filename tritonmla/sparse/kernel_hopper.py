@@ -24,10 +24,10 @@ Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.
         softmax, P (fp16) -> shared memory with the row rescale alpha, O[:, :256] = O alpha + P V[:, :256] with P
         from registers; the row sums and the epilogue factor.
     warpgroup 1 (default partition): its half of each request's query staging; per tile O[:, 256:] = O alpha +
-        P V[:, 256:] (P from shared memory).
+        P V[:, 256:] (P from shared memory); MODEL1: while its P V runs, the L2 prefetch of tile t+3's rows.
     two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
-        tile's held in registers until its slot is free, L2 prefetch two tiles ahead, indices three), dequantize
-        them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one warp per scheduler,
+        tile's held in registers until its slot is free, indices three tiles ahead; V3.2: L2 prefetch two tiles
+        ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one warp per scheduler,
         latency-bound; two get twice the loads in flight for the same registers per row.)
 Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
 side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
@@ -236,6 +236,10 @@ MAXNREG = 128  # 16 warps x 128 = the register file, re-split below
 SOFTMAX_REGS = gl.constexpr(208)
 PRODUCER_REGS = gl.constexpr(72)
 PRODUCER_ROWS = gl.constexpr(BLOCK_N // 2)  # rows of each tile per producer warpgroup
+# MODEL1: warpgroup 1 (idle while P is made) asks L2 for the rows 3 tiles ahead, the producers not at all: 3-6% faster
+# on every MODEL1 case. V3.2 keeps the producers' prefetch 2 tiles ahead: warpgroup 1's, at distance 2, 3, 4 or 6,
+# with or without the producers', was 3-7% slower there (NOTES.md run 16; why the layouts differ was not found).
+PV_PREFETCH_AHEAD = gl.constexpr(3)
 # Named barriers (Triton's warp_specialize uses ids 0, 1 and 2.. per partition); P_READY / P_FREE over the two
 # consumer warpgroups.
 ARRIVE_P_READY = gl.constexpr("barrier.arrive 8, 256;")
@@ -305,6 +309,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
     NOPE_BOXES: gl.constexpr = D_NOPE // BOX
     ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)
     q_pos = gl.program_id(1)
+    PV_PREFETCHES: gl.constexpr = not IS_V32  # (then warpgroup 1 asks L2 for the rows, PV_PREFETCH_AHEAD tiles ahead)
     begin_req, begin_tile, end_req, end_tile, _ = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     g = 0
     for b in range(begin_req, end_req + 1):
@@ -335,7 +340,8 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
             far_row, far_scales, far_ok = tile_rows(K, K2, far_idx, far_ok, lo + (t + 2) * BLOCK_N, main_end,
                                                     num_tokens, num_tokens2, stride_kblock, stride_k2block, IS_V32,
                                                     PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
-            prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
+            if not PV_PREFETCHES:
+                prefetch_rows(far_row, far_scales, far_ok, ROW_BYTES, IS_V32, line_l)
             far_idx, far_next = tile_index(idx_row, idx_row2, lo + (t + 3) * BLOCK_N, main_end, len1, len2,
                                            t + 3 < n_tiles, tok_w, ROW0, ROWS)
             if g >= 2:  # tile g-2, the slot's previous tile, done by both consumers
@@ -523,9 +529,11 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
                  qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_ps, stride_pr,
                  heads_q, topk, topk2, IS_V32: gl.constexpr, D_NOPE: gl.constexpr, HAS_LEN: gl.constexpr,
                  HAS_EXTRA: gl.constexpr, HAS_LEN2: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
-                 rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr):
+                 rope_dtype: gl.constexpr, STRESS_DELAY_NS: gl.constexpr, STRESS_ONE_SITE: gl.constexpr,
+                 K, K2, INDICES, INDICES2, stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b, stride_i2s,
+                 num_tokens, num_tokens2, ROW_BYTES: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr):
     """Warpgroup 1: half of each request's query staging; O[:, 256:] with warpgroup 0's P, alpha and final
-    factor."""
+    factor; for MODEL1 the L2 prefetch of the rows PV_PREFETCH_AHEAD tiles ahead, while its P V runs."""
     o_mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                     instr_shape=[16, QUARTER, 16])
     o_row: gl.constexpr = gl.SliceLayout(1, o_mma)
@@ -540,6 +548,10 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
     head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
     cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
     begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
+    PREFETCHES: gl.constexpr = not IS_V32
+    AHEAD: gl.constexpr = PV_PREFETCH_AHEAD
+    pf_l: gl.constexpr = gl.BlockedLayout([1, 4], [16, 2], [4, 1], [1, 0])  # [64 rows, 8 lines]
+    pf_tok: gl.constexpr = gl.SliceLayout(1, pf_l)
     g = 0
     for b in range(begin_req, end_req + 1):
         b64 = b.to(gl.int64)
@@ -554,6 +566,13 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         named_barrier(ARRIVE_Q_READY)
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
+        if PREFETCHES:  # the indices of tile AHEAD (those of tiles 1 .. AHEAD-1 the producers' start asked for)
+            idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
+            idx_row2 = idx_row
+            if HAS_EXTRA:
+                idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+            pf_idx, pf_ok = tile_index(idx_row, idx_row2, lo + AHEAD * BLOCK_N, main_end, len1, len2,
+                                       n_tiles > AHEAD, pf_tok, 0, BLOCK_N)
         for t in range(n_tiles):
             slot = g % 2
             named_barrier(SYNC_P_READY)  # (and the slot, through the softmax warpgroup's READY sync)
@@ -563,6 +582,13 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
             o0 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, QUARTER, 1), o0 * alpha_o, is_async=True)
             o1 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF + QUARTER, QUARTER, 1), o1 * alpha_o,
                                is_async=True)
+            if PREFETCHES:  # tile t+AHEAD's rows to L2 (indices loaded a tile ago), tile t+AHEAD+1's indices
+                pf_row, pf_scales, pf_ok = tile_rows(K, K2, pf_idx, pf_ok, lo + (t + AHEAD) * BLOCK_N, main_end,
+                                                     num_tokens, num_tokens2, stride_kblock, stride_k2block, IS_V32,
+                                                     PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
+                prefetch_rows(pf_row, pf_scales, pf_ok, ROW_BYTES, IS_V32, pf_l)
+                pf_idx, pf_ok = tile_index(idx_row, idx_row2, lo + (t + AHEAD + 1) * BLOCK_N, main_end, len1, len2,
+                                           t + AHEAD + 1 < n_tiles, pf_tok, 0, BLOCK_N)
             o0, o1 = warpgroup_mma_wait(num_outstanding=0, deps=(o0, o1))
             named_barrier(ARRIVE_P_FREE)
             slot_barrier(ARRIVE_EMPTY, EMPTY_ID, slot)
@@ -623,7 +649,9 @@ def sparse_decode_hopper_kernel(
         (pv_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q16, q_rope, k_smem, p_smem,
                         row_smem, qmax_smem, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
                         stride_ps, stride_pr, heads_q, topk, topk2, IS_V32, D_NOPE, HAS_LEN, HAS_EXTRA, HAS_LEN2,
-                        PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE)),
+                        PLAN_TILE, SCHED_ROW, rope_dtype, STRESS_DELAY_NS, STRESS_ONE_SITE,
+                        K, K2, INDICES, INDICES2, stride_kblock, stride_k2block, stride_ib, stride_is, stride_i2b,
+                        stride_i2s, num_tokens, num_tokens2, ROW_BYTES, PAGE_SIZE, PAGE_SIZE2)),
         (softmax_warpgroup, (Q, TOPK_LEN, TOPK_LEN2, SINK, SCHED, NUM_SPLITS, OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
                              q16, q_rope, k_smem, rope_smem, factor_smem, p_smem, row_smem, qmax_smem,
                              qk_scale_log2, stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh,
