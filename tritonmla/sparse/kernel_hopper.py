@@ -27,8 +27,8 @@ Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.
         P V[:, 256:] (P from shared memory); MODEL1: while its P V runs, the L2 prefetch of tile t+3's rows.
     two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
         tile's held in registers until its slot is free, indices three tiles ahead; V3.2: L2 prefetch two tiles
-        ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one warp per scheduler,
-        latency-bound; two get twice the loads in flight for the same registers per row.)
+        ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one
+        warp per scheduler, latency-bound; two get twice the loads in flight for the same registers per row.)
 Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
 side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
 across it (an mbarrier arrive from one elected thread would release only that thread's writes):
@@ -566,7 +566,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         named_barrier(ARRIVE_Q_READY)
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
-        if PREFETCHES:  # the indices of tile AHEAD (those of tiles 1 .. AHEAD-1 the producers' start asked for)
+        if PREFETCHES:  # the indices of tile AHEAD (tile 1's rows the producers' start asks L2 for, tile 2's none)
             idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
             idx_row2 = idx_row
             if HAS_EXTRA:
