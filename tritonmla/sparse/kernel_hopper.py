@@ -26,8 +26,8 @@ Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.
     warpgroup 1 (default partition): its half of each request's query staging; per tile O[:, 256:] = O alpha +
         P V[:, 256:] (P from shared memory); MODEL1: while its P V runs, the L2 prefetch of tile t+3's rows.
     two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
-        tile's held in registers until its slot is free, indices three tiles ahead; V3.2: L2 prefetch two tiles
-        ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one
+        tile's held in registers until its slot is free, indices three tiles ahead; L2 prefetch of a piece's tile
+        1 and, V3.2, two tiles ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one
         warp per scheduler, latency-bound; two get twice the loads in flight for the same registers per row.)
 Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
 side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
@@ -92,7 +92,7 @@ def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.c
 def tile_rows(K, K2, idx, ok, start, main_end, num_tokens, num_tokens2, stride_kblock, stride_k2block,
               IS_V32: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr, ROW_BYTES: gl.constexpr,
               SCALE_OFFSET: gl.constexpr):
-    """Where a tile's rows are (a producer's 32): (row pointers (bytes), scale-word pointers, ok: an index in
+    """Where a tile's rows are (a producer's 32, or all 64 for warpgroup 1's prefetch): (row pointers (bytes), scale-word pointers, ok: an index in
     [0, num_tokens) of its cache; -1 and anything out of range are skipped, never read)."""
     in_main = start < main_end
     ok = ok & (idx >= 0) & (idx < gl.where(in_main, num_tokens, num_tokens2))
@@ -114,7 +114,7 @@ def tile_rows(K, K2, idx, ok, start, main_end, num_tokens, num_tokens2, stride_k
 def prefetch_rows(row, scales, ok, ROW_BYTES: gl.constexpr, IS_V32: gl.constexpr, line_l: gl.constexpr):
     """Ask L2 for a tile's rows (prefetch.global.L2: no registers held): the loads issued an iteration later
     then wait for L2, not HBM. Each row's 128-byte lines (and MODEL1's scale bytes), 8 addresses per row
-    over the row's 4 threads."""
+    over the row's threads in line_l."""
     tok: gl.constexpr = gl.SliceLayout(1, line_l)
     line = gl.arange(0, 8, gl.SliceLayout(0, line_l))
     offset = gl.expand_dims(gl.minimum(line * 128, ROW_BYTES - 1), 0)  # lines 0..5 + the row's last byte
@@ -236,9 +236,10 @@ MAXNREG = 128  # 16 warps x 128 = the register file, re-split below
 SOFTMAX_REGS = gl.constexpr(208)
 PRODUCER_REGS = gl.constexpr(72)
 PRODUCER_ROWS = gl.constexpr(BLOCK_N // 2)  # rows of each tile per producer warpgroup
-# MODEL1: warpgroup 1 (idle while P is made) asks L2 for the rows 3 tiles ahead, the producers not at all: 3-6% faster
-# on every MODEL1 case. V3.2 keeps the producers' prefetch 2 tiles ahead: warpgroup 1's, at distance 2, 3, 4 or 6,
-# with or without the producers', was 3-7% slower there (NOTES.md run 16; why the layouts differ was not found).
+# MODEL1: warpgroup 1 asks L2 for the rows 3 tiles ahead while its P V runs, the producers only for a piece's tile 1:
+# 3-6% faster on every MODEL1 case. V3.2 keeps the producers' prefetch 2 tiles ahead: warpgroup 1's, at distance 2,
+# 3, 4 or 6, with or without the producers', was 3-7% slower there (NOTES.md run 16; why the layouts differ was not
+# found).
 PV_PREFETCH_AHEAD = gl.constexpr(3)
 # Named barriers (Triton's warp_specialize uses ids 0, 1 and 2.. per partition); P_READY / P_FREE over the two
 # consumer warpgroups.
@@ -261,8 +262,8 @@ SYNC_Q_READY = gl.constexpr("barrier.sync 15, 256;")
 READY_ID = gl.constexpr(10)
 EMPTY_ID = gl.constexpr(12)
 STRESS_DELAY_NS = 0  # tests set it (then rebind) to delay the writers and readers of the hand-offs; 0 in use
-STRESS_ONE_SITE = False  # tests: with it, one delay site per step (rotating) instead of all of them
-STRESS_SITES = gl.constexpr(10)  # the `late` sites below, numbered 0-9
+STRESS_ONE_SITE = False  # tests: with it, one delay site per step (drawn by a hash) instead of all of them
+STRESS_SITES = gl.constexpr(12)  # the `late` sites below, numbered 0-11
 
 
 @gluon.jit
@@ -336,7 +337,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
                                      ROW0, ROWS)
         for t in range(n_tiles):
             slot = g % 2
-            # Tile t+2's rows to L2, tile t+3's indices.
+            # Tile t+2's row pointers (V3.2: its rows to L2), tile t+3's indices.
             far_row, far_scales, far_ok = tile_rows(K, K2, far_idx, far_ok, lo + (t + 2) * BLOCK_N, main_end,
                                                     num_tokens, num_tokens2, stride_kblock, stride_k2block, IS_V32,
                                                     PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
@@ -382,10 +383,10 @@ def q_boxes_to_smem(Q, q16, q_rope, qmax_smem, b64, q_pos, heads_b, head_ok_b, c
         for c in gl.static_range(FIRST, FIRST + V_BOXES // 2):
             x = gl.load(q_row + c * BOX, mask=head_ok_b, other=0.0).to(gl.float32)
             big = gl.maximum(big, gl.max(gl.abs(x), 1))
-        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 8, b64)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 8 + 2 * WHO, b64)  # (per warpgroup: one may run late alone)
         qmax_smem.index(WHO).store(big)
         named_barrier(SYNC_Q_MAX)
-        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 9, b64)
+        late(STRESS_DELAY_NS, STRESS_ONE_SITE, 9 + 2 * WHO, b64)
         big = gl.maximum(big, qmax_smem.index(1 - WHO).load(tok_l))
         shift = gl.maximum(exponent_of(big) - 14, 0)
     inv = gl.expand_dims(pow2(-shift), 1)
