@@ -291,8 +291,9 @@ def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk, one_site, 
     writer before the readers would lose the late writers' values, one that did not order the readers before the
     next write would hand them the next value. every-site: all delay sites at every tile (the warpgroups stay in
     step); one-site: at most one site per tile (and one per request), drawn by a hash, so one warpgroup at a time
-    runs late while the others go on. (nanosleep sleeps far less than asked: 30 us asked per site added ~6 us to a whole replay. A build without
-    the P_FREE syncs passes every-site and one-site at 8 us, and fails one-site at 30 us: NOTES.md run 16.)"""
+    runs late while the others go on. (nanosleep sleeps far less than asked: 30 us asked per site added ~6 us to
+    a whole replay. A build without the P_FREE syncs failed one-site at 30 us in all 4 layout runs, every-site in
+    1 of 8: NOTES.md run 16.)"""
     from tritonmla.sparse import kernel_hopper
 
     extra = (64, 2, 512) if d_qk == 512 else None
