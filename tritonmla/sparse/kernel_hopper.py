@@ -27,8 +27,9 @@ Four warpgroups (gl.warp_specialize), two K slots of 64 tokens x 512 fp16 (+ V3.
         P V[:, 256:] (P from shared memory); MODEL1: while its P V runs, the L2 prefetch of tile t+3's rows.
     two producers, 32 rows of each tile apiece: gather the rows by index (no TMA on SM90; 32-bit words, the next
         tile's held in registers until its slot is free, indices three tiles ahead; L2 prefetch of a piece's tile
-        1 and, V3.2, two tiles ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was the bottleneck: one
-        warp per scheduler, latency-bound; two get twice the loads in flight for the same registers per row.)
+        1 and, V3.2, two tiles ahead), dequantize them into the slot. (One producer warpgroup for all 64 rows was
+        the bottleneck: one warp per scheduler, latency-bound; two get twice the loads in flight for the same
+        registers per row.)
 Hand-offs, all through hardware named barriers (`barrier.arrive` by the side that is done, `barrier.sync` by the
 side that waits), each executed by every thread of its warpgroup, so that every thread's own accesses are ordered
 across it (an mbarrier arrive from one elected thread would release only that thread's writes):
@@ -92,8 +93,9 @@ def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.c
 def tile_rows(K, K2, idx, ok, start, main_end, num_tokens, num_tokens2, stride_kblock, stride_k2block,
               IS_V32: gl.constexpr, PAGE_SIZE: gl.constexpr, PAGE_SIZE2: gl.constexpr, ROW_BYTES: gl.constexpr,
               SCALE_OFFSET: gl.constexpr):
-    """Where a tile's rows are (a producer's 32, or all 64 for warpgroup 1's prefetch): (row pointers (bytes), scale-word pointers, ok: an index in
-    [0, num_tokens) of its cache; -1 and anything out of range are skipped, never read)."""
+    """Where a tile's rows are (a producer's 32, or all 64 for warpgroup 1's prefetch): (row pointers (bytes),
+    scale-word pointers, ok: an index in [0, num_tokens) of its cache; -1 and anything out of range are skipped,
+    never read)."""
     in_main = start < main_end
     ok = ok & (idx >= 0) & (idx < gl.where(in_main, num_tokens, num_tokens2))
     idx = gl.where(ok, idx, 0).to(gl.int64)
