@@ -78,6 +78,16 @@ def pow2(e):
 
 
 @gluon.jit
+def index_rows(INDICES, INDICES2, b64, q_pos, stride_ib, stride_is, stride_i2b, stride_i2s, HAS_EXTRA: gl.constexpr):
+    """Request b64's index lists at query position q_pos: (main cache's, extra cache's; without one the main's)."""
+    idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
+    idx_row2 = idx_row
+    if HAS_EXTRA:
+        idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+    return idx_row, idx_row2
+
+
+@gluon.jit
 def tile_index(idx_row, idx_row2, start, main_end, len1, len2, live, tok_l: gl.constexpr, ROW0: gl.constexpr,
                ROWS: gl.constexpr):
     """Index slots ROW0 .. ROW0 + ROWS - 1 of the tile starting at slot `start` of this request's KV range (main
@@ -320,10 +330,8 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
         len1, main_end, len2, lo, _, n_tiles, has_work = request_range(b, begin_req, begin_tile, end_req, end_tile,
                                                                        TOPK_LEN, TOPK_LEN2, topk, topk2, HAS_LEN,
                                                                        HAS_EXTRA, HAS_LEN2, PLAN_TILE)
-        idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
-        idx_row2 = idx_row
-        if HAS_EXTRA:
-            idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+        idx_row, idx_row2 = index_rows(INDICES, INDICES2, b64, q_pos, stride_ib, stride_is, stride_i2b, stride_i2s,
+                                       HAS_EXTRA)
         # Tile 0's bytes loaded, tile 1's rows asked of L2, tile 2's indices.
         idx, ok = tile_index(idx_row, idx_row2, lo, main_end, len1, len2, n_tiles > 0, tok_w, ROW0, ROWS)
         row, scales, ok = tile_rows(K, K2, idx, ok, lo, main_end, num_tokens, num_tokens2, stride_kblock,
@@ -570,10 +578,8 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         if PREFETCHES:  # the indices of tile AHEAD (tile 1's rows the producers' start asks L2 for, tile 2's none)
-            idx_row = INDICES + b64 * stride_ib + q_pos * stride_is
-            idx_row2 = idx_row
-            if HAS_EXTRA:
-                idx_row2 = INDICES2 + b64 * stride_i2b + q_pos * stride_i2s
+            idx_row, idx_row2 = index_rows(INDICES, INDICES2, b64, q_pos, stride_ib, stride_is, stride_i2b,
+                                           stride_i2s, HAS_EXTRA)
             pf_idx, pf_ok = tile_index(idx_row, idx_row2, lo + AHEAD * BLOCK_N, main_end, len1, len2,
                                        n_tiles > AHEAD, pf_tok, 0, BLOCK_N)
         for t in range(n_tiles):
