@@ -322,7 +322,7 @@ def producer(K, K2, INDICES, TOPK_LEN, INDICES2, TOPK_LEN2, SCHED, k_smem, rope_
     NOPE_BOXES: gl.constexpr = D_NOPE // BOX
     ROPE_OFFSET: gl.constexpr = D_NOPE + (16 if IS_V32 else 0)
     q_pos = gl.program_id(1)
-    PV_PREFETCHES: gl.constexpr = not IS_V32  # (then warpgroup 1 asks L2 for the rows, PV_PREFETCH_AHEAD tiles ahead)
+    PV_PREFETCHES: gl.constexpr = not IS_V32  # (MODEL1: warpgroup 1 asks L2 for the rows; see PV_PREFETCH_AHEAD)
     begin_req, begin_tile, end_req, end_tile, _ = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     g = 0
     for b in range(begin_req, end_req + 1):
@@ -559,7 +559,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
     head_ok_b = gl.expand_dims(heads_b < heads_q, 1)
     cols_b = gl.expand_dims(gl.arange(0, BOX, gl.SliceLayout(0, box_l)), 0)
     begin_req, begin_tile, end_req, end_tile, begin_split = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
-    PREFETCHES: gl.constexpr = not IS_V32
+    PV_PREFETCHES: gl.constexpr = not IS_V32  # (the producers' test is the same: see PV_PREFETCH_AHEAD)
     AHEAD: gl.constexpr = PV_PREFETCH_AHEAD
     pf_l: gl.constexpr = gl.BlockedLayout([1, 4], [16, 2], [4, 1], [1, 0])  # [64 rows, 8 lines]
     pf_tok: gl.constexpr = gl.SliceLayout(1, pf_l)
@@ -577,7 +577,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
         named_barrier(ARRIVE_Q_READY)
         o0 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
         o1 = gl.zeros([BLOCK_M, QUARTER], gl.float32, o_mma)
-        if PREFETCHES:  # the indices of tile AHEAD (tile 1's rows the producers' start asks L2 for, tile 2's none)
+        if PV_PREFETCHES:  # the indices of tile AHEAD (tile 1's rows the producers' start asks L2 for, tile 2's none)
             idx_row, idx_row2 = index_rows(INDICES, INDICES2, b64, q_pos, stride_ib, stride_is, stride_i2b,
                                            stride_i2s, HAS_EXTRA)
             pf_idx, pf_ok = tile_index(idx_row, idx_row2, lo + AHEAD * BLOCK_N, main_end, len1, len2,
@@ -591,7 +591,7 @@ def pv_warpgroup(Q, TOPK_LEN, TOPK_LEN2, SCHED, NUM_SPLITS, OUT, OUT_PARTIAL, q1
             o0 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF, QUARTER, 1), o0 * alpha_o, is_async=True)
             o1 = warpgroup_mma(p_smem, k_smem.index(slot).slice(HALF + QUARTER, QUARTER, 1), o1 * alpha_o,
                                is_async=True)
-            if PREFETCHES:  # tile t+AHEAD's rows to L2 (indices loaded a tile ago), tile t+AHEAD+1's indices
+            if PV_PREFETCHES:  # tile t+AHEAD's rows to L2 (indices loaded a tile ago), tile t+AHEAD+1's indices
                 pf_row, pf_scales, pf_ok = tile_rows(K, K2, pf_idx, pf_ok, lo + (t + AHEAD) * BLOCK_N, main_end,
                                                      num_tokens, num_tokens2, stride_kblock, stride_k2block, IS_V32,
                                                      PAGE_SIZE, PAGE_SIZE2, ROW_BYTES, D_NOPE)
