@@ -4,7 +4,8 @@ variant alike), outputs compared with the first variant's (max abs difference). 
 environment settings it is bound under: `base`, `two@TRITONMLA_X=2@TRITONMLA_Y=8` (settings persist to the next).
 Run: PYTHONPATH=. python experiments/sparse_ab_graphs.py CASE ROUNDS VARIANT ...   (CASE: a bench case name such
 as V32 or MODEL1-2, or peak-H-D for the peak case of h_q H and d_qk D, run at b 64; it replaced sparse_ab.py, which
-timed variants one after another)"""
+timed variants one after another). Only for variants that keep the plan: variants that change the part count
+read inconsistent times in one process (NOTES.md run 18); compare those in separate processes."""
 import os
 import statistics
 import sys

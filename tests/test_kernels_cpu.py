@@ -183,13 +183,24 @@ def test_plan_is_balanced():
     assert max(load) <= -(-total // num_parts) + 5, (max(load), total / num_parts)
 
 
+def test_plan_keeps_an_equal_batch_whole():
+    """FlashMLA's greedy plan: 64 equal requests over 33 parts go two whole requests per part (no splits, so no
+    partials and nothing to merge), the last part idle; an equal-cut plan would split 29 of them."""
+    seqlens = torch.full((64,), 2048, dtype=torch.int32)
+    sched, splits = plan(seqlens, 33)
+    assert torch.equal(splits, torch.arange(65, dtype=torch.int32))
+    assert sched[:32, 0].tolist() == list(range(0, 64, 2)) and sched[:32, 2].tolist() == list(range(1, 64, 2))
+    assert sched[32, 0] == 64  # idle
+    check_plan_covers(sched, splits, seqlens)
+
+
 # --- the cached call path ------------------------------------------------------------------------------------
 
 def test_repeated_calls_on_one_plan_are_bitwise_equal():
     """The same plan serves every layer of a decode step: calls leave it as they found it and repeat exactly."""
     gen = torch.Generator().manual_seed(21)
     x = make_decode_inputs([450, 3, 190, 0, 333], 2, 16, 1, 16, torch.float16, "cpu", generator=gen)
-    sched, splits = plan(x.cache_seqlens, 13)
+    sched, splits = plan(x.cache_seqlens, 20)
     assert int((splits[1:] - splits[:-1]).max()) >= 3
     plan_before = sched.clone()
     results = [tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,

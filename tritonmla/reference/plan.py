@@ -1,7 +1,7 @@
 """The split-KV plan in plain PyTorch, and a walk that checks any plan by what the decode kernel would do with it.
 
-`plan_reference` states tritonmla.scheduler's formulas with torch ops (cumsum + searchsorted instead of the
-kernel's chunked scans): the oracle for the scheduler kernel, and the plan of the CPU reference path.
+`plan_reference` walks tritonmla.scheduler's greedy plan in plain Python (FlashMLA's scheduler): the oracle for
+the scheduler kernel, and the plan of the CPU reference path.
 `walk_plan` replays the decode kernel's loop over a plan and returns the work items it would run, so tests can
 check coverage (every tile once, every split index once, every empty request once) for any plan.
 """
@@ -9,41 +9,37 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.constants import PLAN_TILE
+from ..kernels.constants import PLAN_TILE, SCHED_ROW
 from ..scheduler.metadata import FIXED_COST
 
 
 def plan_reference(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    seqlens = cache_seqlens.long().clamp(min=0)
-    batch = seqlens.shape[0]
-    tiles = (seqlens + PLAN_TILE - 1) // PLAN_TILE
-    cost = tiles + FIXED_COST
-    c_end = torch.cumsum(cost, 0)
-    c_prev = c_end - cost
-    total = c_end[-1]
-    payload = torch.clamp((total + num_parts - 1) // num_parts, min=1)
-    splits = torch.where(tiles > 0, (c_end - 1) // payload - (c_prev + FIXED_COST) // payload + 1, 1)
-    num_splits = torch.cat([splits.new_zeros(1), torch.cumsum(splits, 0)])
-
-    parts = torch.arange(num_parts, device=seqlens.device)
-    first = parts * payload
-    last = torch.minimum(first + payload, total) - 1
-    idle = first >= total
-    beg = torch.searchsorted(c_end, first, right=True).clamp(max=batch - 1)  # request holding position `first`
-    end = torch.searchsorted(c_end, last, right=True).clamp(max=batch - 1)
-    skip = (tiles[beg] == 0) & (c_prev[beg] < first)
-    begin_tile = torch.where(skip, 0, (first - c_prev[beg] - FIXED_COST).clamp(min=0).minimum(tiles[beg]))
-    begin_split = torch.where(skip, 0, (parts - (c_prev[beg] + FIXED_COST) // payload).clamp(min=0))
-    begin_req = torch.where(skip, beg + 1, beg)
-    end_tile = (last + 1 - c_prev[end] - FIXED_COST).clamp(min=0).minimum(tiles[end])
-
-    zero = torch.zeros_like(parts)
-    sched = torch.stack([
-        torch.where(idle, batch, begin_req), torch.where(idle, 0, begin_tile),
-        torch.where(idle, batch - 1, end), torch.where(idle, 0, end_tile),
-        torch.where(idle, 0, begin_split), zero, zero, zero,
-    ], dim=1)
-    return sched.to(torch.int32), num_splits.to(torch.int32)
+    seqlens = cache_seqlens.clamp(min=0).tolist()
+    batch = len(seqlens)
+    tiles = [-(-s // PLAN_TILE) for s in seqlens] + [0]
+    payload = -(-sum(t + FIXED_COST for t in tiles[:batch]) // num_parts) + FIXED_COST
+    rows, num_splits = [], [0]
+    req = done = piece = 0
+    for _ in range(num_parts):
+        begin = (req, done, piece)
+        remain = payload
+        while req < batch and remain >= tiles[req] - done + FIXED_COST:  # the rest of req fits whole
+            remain -= tiles[req] - done + FIXED_COST
+            num_splits.append(num_splits[-1] + piece + 1)
+            req, done, piece = req + 1, 0, 0
+        if req < batch and remain > FIXED_COST:  # a piece of it
+            done, piece = done + remain - FIXED_COST, piece + 1
+            end = (req, done)
+        else:
+            end = (req - 1, tiles[req - 1] if req > 0 else 0)
+        if begin[0] >= batch:  # nothing left for this part
+            rows.append([batch, 0, batch - 1, 0, 0] + [0] * (SCHED_ROW - 5))
+        else:
+            rows.append([begin[0], begin[1], end[0], end[1], begin[2]] + [0] * (SCHED_ROW - 5))
+    assert req == batch, "the payload covers every request"
+    device = cache_seqlens.device
+    return (torch.tensor(rows, dtype=torch.int32, device=device).reshape(num_parts, SCHED_ROW),
+            torch.tensor(num_splits, dtype=torch.int32, device=device))
 
 
 def walk_plan(sched: torch.Tensor, num_splits: torch.Tensor, cache_seqlens: torch.Tensor
