@@ -7,9 +7,9 @@ takes requests in order: the rest of the current request whole while it fits (it
 piece pays the overhead again), else, if more than F units are left, that many tiles less F of it (a split,
 merged later by the combine kernel), and stops. So a part's load lies within [ceil(T / parts), ceil(T / parts)
 + F], every part runs at most two split pieces (its first and last request), and a request is only split where
-no request boundary lies within F units of the cut: with equal requests (a production batch) parts take whole
-requests and the partials and the combine disappear (NOTES.md run 18). Parts past the end run nothing. A request
-with no tiles (seqlen 0) is never split: the part that takes it writes its empty output.
+no request boundary lies within F units after the cut: with equal requests (a production batch) parts mostly take
+whole requests, and no partials are written or merged (NOTES.md run 18). Parts past the end run nothing. A
+request with no tiles (seqlen 0) is never split: the part that takes it writes its empty output.
 
 Output, FlashMLA's shapes so engines can preallocate them:
   sched      int32 [parts, 8]: begin_req, begin_tile, end_req, end_tile, begin_split, 0, 0, 0
