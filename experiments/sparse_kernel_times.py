@@ -46,7 +46,7 @@ def profile_graph(label, api):
     spans = [kernels[i + n_per_call - 1].time_range.end - kernels[i].time_range.start
              for i in range(0, n_per_call * REPLAYS, n_per_call)]
     gaps = [kernels[i + 1].time_range.start - kernels[i].time_range.end
-            for i in range(0, n_per_call * REPLAYS, n_per_call) for _ in [0] if n_per_call > 1]
+            for i in range(0, n_per_call * REPLAYS, n_per_call)] if n_per_call > 1 else []
     print(f"{label} {case} b={batch}: span median {statistics.median(spans):.1f} us over {REPLAYS} replays, "
           f"{n_per_call} kernels per call" + (f", gap before the 2nd kernel {statistics.median(gaps):.1f} us"
                                               if gaps else ""))

@@ -1,4 +1,4 @@
-"""The split-KV plan in plain PyTorch, and a walk that checks any plan by what the decode kernel would do with it.
+"""The split-KV plan in plain Python, and a walk that checks any plan by what the decode kernel would do with it.
 
 `plan_reference` walks tritonmla.scheduler's greedy plan in plain Python (FlashMLA's scheduler): the oracle for
 the scheduler kernel, and the plan of the CPU reference path.
