@@ -8,7 +8,7 @@ import torch
 
 import tritonmla
 from tritonmla.bench.workload import make_decode_inputs
-from tritonmla.kernels import dispatch
+from tritonmla.dense_decode import dispatch
 
 for page_size, heads_q in ((1, 16), (64, 128), (128, 16)) if "--sparse-only" not in sys.argv else ():
     x = make_decode_inputs([0, 700, 3, 129], 4, heads_q, 1, page_size, torch.bfloat16, "cuda")
@@ -25,7 +25,7 @@ for page_size, heads_q in ((1, 16), (64, 128), (128, 16)) if "--sparse-only" not
         print(f"{kernel}: page {page_size}, h_q {heads_q}: splits {(splits[1:] - splits[:-1]).tolist()} "
               f"max err {err:.1e} ok")
 
-# Sparse FP8 decode (tritonmla.sparse): both layouts, odd page sizes, extra cache with lengths, sinks, NaN in
+# Sparse FP8 decode (tritonmla.sparse_decode): both layouts, odd page sizes, extra cache with lengths, sinks, NaN in
 # unused rows, garbage past topk_length, requests cut over several parts (the sink-aware combine).
 from tritonmla.bench.sparse import make_sparse_inputs  # noqa: E402
 

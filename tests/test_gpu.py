@@ -11,9 +11,10 @@ import torch
 
 import tritonmla
 from tritonmla.api.op import decode_into
-from tritonmla.kernels import dispatch
-from tritonmla.kernels.decode import mla_decode_kernel
-from tritonmla.scheduler.metadata import num_parts_for, plan_kernel
+from tritonmla.dense_decode import dispatch
+from tritonmla.dense_decode.kernel_portable import mla_decode_kernel
+from tritonmla.dense_decode.plan import num_parts_for
+from tritonmla.scheduler.planner import plan_kernel
 
 from helpers import assert_close, assert_graph_replays_bitwise, make_decode_inputs, random_seqlens
 
@@ -227,9 +228,9 @@ def test_auto_takes_hopper_where_it_can():
 def compiled_variants() -> int:
     """Compiled variants of every tritonmla kernel in this process (Triton's per-device JIT caches)."""
     fns = [plan_kernel, mla_decode_kernel]
-    if dispatch.decode_hopper is not None:
-        from tritonmla.kernels.decode_hopper_seesaw import mla_decode_seesaw_kernel
-        fns += [dispatch.decode_hopper.mla_decode_hopper_kernel, mla_decode_seesaw_kernel]
+    if dispatch.kernel_sm90 is not None:
+        from tritonmla.dense_decode.kernel_sm90_seesaw import mla_decode_seesaw_kernel
+        fns += [dispatch.kernel_sm90.mla_decode_hopper_kernel, mla_decode_seesaw_kernel]
     return sum(len(cache[0]) for fn in fns for cache in fn.device_caches.values())
 
 
@@ -328,8 +329,8 @@ def test_seesaw_handoffs_with_delayed_writers_are_bitwise_stable(seqlens):
     why = dispatch.hopper_device(torch.device("cuda"))
     if why is not None:
         pytest.skip(why)
-    from tritonmla.api import calls
-    from tritonmla.kernels import decode_hopper_seesaw
+    from tritonmla.api import interface as calls  # (calls.clear(): every configuration)
+    from tritonmla.dense_decode import kernel_sm90_seesaw as decode_hopper_seesaw
 
     x = make_decode_inputs(seqlens, 2, 128, 1, 64, torch.bfloat16, "cuda",
                            generator=torch.Generator("cuda").manual_seed(len(seqlens)))

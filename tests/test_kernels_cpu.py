@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import tritonmla
-from tritonmla._runtime import interpreter_enabled
+from tritonmla.core.runtime import interpreter_enabled
 from tritonmla.api.op import decode_into
 from tritonmla.reference.plan import plan_reference, walk_plan
-from tritonmla.scheduler.metadata import plan
+from tritonmla.scheduler.planner import plan
 
 from helpers import assert_close, make_decode_inputs, random_seqlens
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import tritonmla
-from tritonmla._runtime import interpreter_enabled
+from tritonmla.core.runtime import interpreter_enabled
 from tritonmla.bench.sparse import make_sparse_inputs
-from tritonmla.sparse import call as sparse_call
-from tritonmla.sparse.quant import MODEL1, V32, dequantize_kv_cache, gather_rows, quantize_kv_cache
+from tritonmla.sparse_decode import call as sparse_call
+from tritonmla.core.fp8_cache_layouts import MODEL1, V32, dequantize_kv_cache, gather_rows, quantize_kv_cache
 
 from helpers import assert_close, sparse_step
 
@@ -260,7 +260,7 @@ def test_plan_lengths_cover_main_then_extra():
     """Each request's range is its main slots rounded up to a 64-token tile, then its extra slots; the dense
     scheduler's plan over these ranges covers every token once (tritonmla.reference.plan's walk)."""
     from tritonmla.reference.plan import plan_reference, walk_plan
-    from tritonmla.sparse.plan import attended_lengths
+    from tritonmla.sparse_decode.plan import attended_lengths
     topk_length = torch.tensor([0, 1, 64, 65, 300, -5], dtype=torch.int32)
     extra_length = torch.tensor([7, 0, 100, 3, 900, 2], dtype=torch.int32)
     lengths = attended_lengths(6, 200, topk_length, 50, extra_length, torch.device("cpu"))

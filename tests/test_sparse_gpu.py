@@ -4,7 +4,7 @@ FlashMLA-style inputs (tritonmla.bench.sparse.make_sparse_inputs: NaN in every c
 garbage past topk_length, sinks with +-inf): both layouts, h_q 16/64/128, topk 64..16384, page sizes
 2/61/64/69/576, extra cache and topk lengths on/off, all-invalid indices, zero lengths, out-of-range indices,
 CUDA-graph capture and replay, many splits replayed bitwise, poisoned outputs and split partials. On SM90, h_q > 32
-runs the Gluon kernel (tritonmla.sparse.kernel_hopper) and h_q 16 the portable one; the Gluon kernel's own cases
+runs the Gluon kernel (tritonmla.sparse_decode.kernel_sm90) and h_q 16 the portable one; the Gluon kernel's own cases
 (fp16 queries, values past fp16's range) are at the end."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 
 import tritonmla
 from tritonmla.bench.sparse import make_sparse_inputs
-from tritonmla.kernels import dispatch
-from tritonmla.sparse import call as sparse_call
-from tritonmla.sparse.quant import (block_bytes, cache_view, dequantize_kv_cache, layout_for, quantize_blocks,
-                                    quantize_kv_cache)
+from tritonmla.core import hopper as dispatch
+from tritonmla.sparse_decode import call as sparse_call
+from tritonmla.core.fp8_cache_layouts import (block_bytes, cache_view, dequantize_kv_cache, layout_for,
+                                              quantize_blocks, quantize_kv_cache)
 
 from helpers import assert_close, assert_graph_replays_bitwise, sparse_step
 
@@ -256,7 +256,7 @@ def test_gluon_kernel_values_past_fp16_range(d_qk, what):
 
 def compiled_sparse_variants() -> int:
     from tritonmla.combine import combine
-    from tritonmla.sparse import kernel, kernel_hopper
+    from tritonmla.sparse_decode import kernel_portable as kernel, kernel_sm90 as kernel_hopper
     fns = [kernel.sparse_decode_kernel, kernel_hopper.sparse_decode_hopper_kernel, combine.mla_combine_sink_kernel]
     return sum(len(cache[0]) for fn in fns for cache in fn.device_caches.values())
 
@@ -294,7 +294,7 @@ def test_gluon_handoffs_with_delayed_writers_are_bitwise_stable(d_qk, one_site, 
     runs late while the others go on. (nanosleep sleeps far less than asked: 30 us asked per site added ~6 us to
     a whole replay. A build without the P_FREE syncs failed one-site at 30 us in all 4 layout runs, every-site in
     1 of 8: NOTES.md run 16.)"""
-    from tritonmla.sparse import kernel_hopper
+    from tritonmla.sparse_decode import kernel_sm90 as kernel_hopper
 
     extra = (64, 2, 512) if d_qk == 512 else None
     x = make_sparse_inputs(6, 2, 128, d_qk, 2048, 64, 4096, extra=extra, have_topk_length=True, device="cuda",

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.constants import D_QK, D_V, SCHED_ROW
-from .calls import tracing
+from ..core.constants import D_QK, D_V, SCHED_ROW
+from ..core.fp8_cache_layouts import CACHE_DTYPES, cache_alignment, layout_for
+from ..core.runtime import tracing
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
 MAX_PAGE_SIZE = 256
@@ -136,14 +137,7 @@ def _optional_vector(name: str, t, length: int, dtype: torch.dtype, device: torc
     _same_device(name, t, device)
 
 
-def cache_alignment(layout) -> int:
-    """Bytes an FP8 cache's base address and block stride must be a multiple of: V3.2 rows hold fp32 scales,
-    MODEL1 blocks a token's 8 scale bytes, read as one 8-byte word (as FlashMLA does)."""
-    return 4 if layout.name == "V32" else 8
-
-
 def _check_fp8_cache(name: str, cache, layout, device: torch.device) -> None:
-    from ..sparse.quant import CACHE_DTYPES
     cache = _tensor(name, cache)
     _rank(name, cache, 4, "[num_blocks, page_size, 1, bytes_per_token]")
     if cache.dtype not in CACHE_DTYPES:
@@ -187,7 +181,6 @@ def _check_indices(name: str, t, batch: int, seq_q: int, device: torch.device) -
 def check_sparse_inputs(q, k_cache, head_dim_v, softmax_scale, causal, is_fp8_kvcache, indices, attn_sink,
                         extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length):
     """Sparse decoding (indices given). Returns the FP8 layout."""
-    from ..sparse.quant import layout_for
     q = _tensor("q", q)
     _rank("q", q, 4, "[batch, seq_q, heads_q, head_dim]")
     _dtype("q", q, SPARSE_Q_DTYPES)

@@ -1,5 +1,5 @@
 """Public API, a drop-in for deepseek-ai/FlashMLA's `flash_mla` module (dense decoding, and sparse decoding over
-FP8 caches: tritonmla.sparse).
+FP8 caches: tritonmla.sparse_decode).
 
     sched, splits = get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)   # FlashMLA's original form
     out, lse = flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, sched, splits, causal=True)
@@ -11,10 +11,11 @@ Tensors on CUDA run the Triton kernels. CPU tensors run the same kernels under T
 importing tritonmla), and otherwise the pure-PyTorch reference (tritonmla.reference).
 
 Host cost: an eager call whose configuration (shapes, strides, dtypes, flags) was seen before is a dictionary
-lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.api.calls); the
+lookup, two allocations and the kernel launches, straight into Triton's C launcher (tritonmla.dense_decode.call); the
 argument checks, the kernel choice and the kernel binding run on a configuration's first call. Under
 torch.compile and other tracing the same work goes through torch.library custom ops (tritonmla.api.op).
-Sparse calls (indices given) are cached the same way (tritonmla.sparse.call), with their own custom op.
+Sparse calls (indices given) are cached the same way (tritonmla.sparse_decode.call), with their own custom op;
+plans too (tritonmla.scheduler.call).
 """
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ from typing import Optional, Union
 
 import torch
 
-from . import calls, op  # noqa: F401  (op registers torch.ops.tritonmla.*)
+from ..core import runtime, workspace
+from ..dense_decode import call as dense_call, dispatch
+from ..dense_decode.plan import num_parts_for
+from ..scheduler import call as plan_calls
+from ..sparse_decode import call as sparse_call
+from ..sparse_decode.plan import attended_lengths, sparse_num_parts
+from . import op  # noqa: F401  (registers torch.ops.tritonmla.*)
 from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors, check_sparse_inputs
-from ..kernels import dispatch
-from ..scheduler.metadata import num_parts_for
-from ..sparse import call as sparse_call
-from ..sparse.plan import attended_lengths, sparse_num_parts
 
 
 @dataclasses.dataclass
@@ -56,7 +59,7 @@ class FlashMLASchedMeta:
     config: Optional[Config] = None
     tile_scheduler_metadata: Optional[torch.Tensor] = None  # [num_parts, 8] int32
     num_splits: Optional[torch.Tensor] = None  # [batch + 1] int32
-    # The configuration (tritonmla.api.calls.DecodeCall, or a sparse SparseCall) last checked against `config`:
+    # The configuration (a dense DecodeCall, or a sparse SparseCall) last checked against `config`:
     # its calls skip the check.
     checked_call: Optional[object] = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -74,9 +77,10 @@ def get_mla_metadata(
     """
     if cache_seqlens is None and num_heads_per_head_k is None and num_heads_k is None:
         return FlashMLASchedMeta(), None
-    if not calls.tracing():
+    if not runtime.tracing():
         try:
-            call = calls.cached_plan_call(calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None))
+            key = plan_calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None)
+            call = plan_calls.cached_plan_call(key)
         except (AttributeError, TypeError):  # not a tensor, or unhashable: the checks say so
             call = None
         if call is not None:
@@ -85,12 +89,12 @@ def get_mla_metadata(
         raise TypeError("get_mla_metadata takes either no arguments or all of "
                         "(cache_seqlens, num_heads_per_head_k, num_heads_k)")
     check_metadata_args(cache_seqlens, num_heads_per_head_k, num_heads_k)
-    if calls.tracing():
+    if runtime.tracing():
         num_parts = num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k)
         return torch.ops.tritonmla.plan(cache_seqlens, num_parts)
-    key = calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None)
-    plan = calls.plan_call(key, cache_seqlens,
-                           lambda: num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k))
+    key = plan_calls.plan_key(cache_seqlens, num_heads_per_head_k, num_heads_k, None)
+    plan = plan_calls.plan_call(key, cache_seqlens,
+                                lambda: num_parts_for(cache_seqlens.device, num_heads_per_head_k, num_heads_k))
     return plan(cache_seqlens)
 
 
@@ -119,13 +123,13 @@ def _plan_from_sched_meta(meta: FlashMLASchedMeta, q: torch.Tensor, k_cache: tor
         heads_kv = k_cache.shape[2]
         chosen = dispatch.choose(kernel, q, k_cache)
         rows = seq_q * heads_q // heads_kv
-        if calls.tracing():
+        if runtime.tracing():
             num_parts = num_parts_for(cache_seqlens.device, rows, heads_kv, chosen)
             meta.tile_scheduler_metadata, meta.num_splits = torch.ops.tritonmla.plan(cache_seqlens, num_parts)
         else:
-            key = calls.plan_key(cache_seqlens, rows, heads_kv, chosen)
-            plan = calls.plan_call(key, cache_seqlens, lambda: num_parts_for(cache_seqlens.device, rows, heads_kv,
-                                                                             chosen))
+            key = plan_calls.plan_key(cache_seqlens, rows, heads_kv, chosen)
+            plan = plan_calls.plan_call(key, cache_seqlens,
+                                        lambda: num_parts_for(cache_seqlens.device, rows, heads_kv, chosen))
             meta.tile_scheduler_metadata, meta.num_splits = plan(cache_seqlens)
         meta.config = config
         meta.have_initialized = True
@@ -183,7 +187,7 @@ def flash_mla_with_kvcache(
     """
     if (is_fp8_kvcache is False and indices is None and attn_sink is None and extra_k_cache is None
             and extra_indices_in_kvcache is None and topk_length is None and extra_topk_length is None
-            and type(q) is torch.Tensor and not calls.tracing()):
+            and type(q) is torch.Tensor and not runtime.tracing()):
         # The cached path: a configuration seen (and checked) before.
         if type(tile_scheduler_metadata) is FlashMLASchedMeta:
             meta, sched, splits = tile_scheduler_metadata, tile_scheduler_metadata.tile_scheduler_metadata, \
@@ -191,8 +195,9 @@ def flash_mla_with_kvcache(
         else:
             meta, sched, splits = None, tile_scheduler_metadata, num_splits
         try:
-            call = calls.cached_decode_call(calls.decode_key(q, k_cache, block_table, cache_seqlens, sched, splits,
-                                                             head_dim_v, softmax_scale, causal, kernel))
+            call = dense_call.cached_decode_call(dense_call.decode_key(q, k_cache, block_table, cache_seqlens, sched,
+                                                                       splits, head_dim_v, softmax_scale, causal,
+                                                                       kernel))
         except (AttributeError, TypeError):  # not a tensor, unhashable, or no plan yet: the checked path says
             call = None
         if call is not None and (meta is None or (num_splits is None and meta.checked_call is call)):
@@ -216,7 +221,7 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
     check_decode_inputs(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
     if kernel is not None and not isinstance(kernel, str):
         raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
-    tracing = calls.tracing()
+    tracing = runtime.tracing()
     if not torch.compiler.is_compiling():  # (inside the op it raises too, where dynamo need not trace it)
         dispatch.choose(kernel, q, k_cache)  # ValueError now for a bad name or an impossible kernel='hopper'
     meta = None
@@ -234,9 +239,9 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
             q = q.contiguous()
         return torch.ops.tritonmla.mla_decode(q, k_cache, block_table, cache_seqlens, sched, splits,
                                               head_dim_v, scale, causal, kernel)
-    key = calls.decode_key(q, k_cache, block_table, cache_seqlens, sched, splits, head_dim_v, softmax_scale,
+    key = dense_call.decode_key(q, k_cache, block_table, cache_seqlens, sched, splits, head_dim_v, softmax_scale,
                            causal, kernel)
-    call = calls.decode_call(key, q, k_cache, block_table, sched, head_dim_v, scale, causal, kernel)
+    call = dense_call.decode_call(key, q, k_cache, block_table, sched, head_dim_v, scale, causal, kernel)
     if meta is not None:
         meta.checked_call = call
     return call(q, k_cache, block_table, cache_seqlens, sched, splits)
@@ -244,10 +249,10 @@ def _checked_call(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_sched
 
 def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal, is_fp8_kvcache, indices,
                  attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length, extra_topk_length, kernel):
-    """Sparse decoding (tritonmla.sparse): the configuration's call is looked up (checked and bound on its first
+    """Sparse decoding (tritonmla.sparse_decode): the configuration's call is looked up (checked and bound on its first
     call); the FlashMLASchedMeta is planned on first use and its config checked once per configuration. Under
     torch.compile / tracing: checked every trace, planned and run through the custom ops (tritonmla.api.op)."""
-    tracing = calls.tracing()
+    tracing = runtime.tracing()
     key, call = None, None
     if not tracing:
         try:
@@ -301,3 +306,12 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
         meta.checked_call = call
     return call(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices_in_kvcache,
                 extra_topk_length, meta.tile_scheduler_metadata, meta.num_splits)
+
+
+def clear() -> None:
+    """Forget every configuration, dense and sparse, and every plan, and free the stream workspaces (tuning sweeps
+    change TRITONMLA_CONFIG / TRITONMLA_SPARSE_CONFIG, which are read when binding)."""
+    dense_call.clear()
+    sparse_call.clear()
+    plan_calls.clear()
+    workspace.clear()

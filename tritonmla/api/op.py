@@ -2,7 +2,8 @@
 see them whole.
 
 Each op has a fake (meta) implementation giving output shapes only; the real implementations run the same
-per-configuration calls as eager mode (tritonmla.api.calls). Eager calls skip the ops: their dispatch costs more
+per-configuration calls as eager mode (tritonmla.dense_decode.call, tritonmla.sparse_decode.call,
+tritonmla.scheduler.call). Eager calls skip the ops: their dispatch costs more
 host time than the rest of a call.
 """
 from __future__ import annotations
@@ -11,13 +12,16 @@ from typing import Optional
 
 import torch
 
-from . import calls
-from ..kernels.constants import D_V, SCHED_ROW
+from ..core.constants import D_V, SCHED_ROW
+from ..dense_decode import call as dense_call
+from ..scheduler import call as plan_calls
+from ..sparse_decode import call as sparse_call
 
 
 @torch.library.custom_op("tritonmla::plan", mutates_args=())
 def plan_op(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return calls.plan_call(calls.parts_key(cache_seqlens, num_parts), cache_seqlens, lambda: num_parts)(cache_seqlens)
+    return plan_calls.plan_call(plan_calls.parts_key(cache_seqlens, num_parts), cache_seqlens,
+                                lambda: num_parts)(cache_seqlens)
 
 
 @plan_op.register_fake
@@ -32,10 +36,10 @@ def mla_decode_op(
     head_dim_v: int, softmax_scale: float, causal: bool, kernel_name: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # (not "kernel": inductor passes defaulted arguments by keyword, and its FallbackKernel.create has a `kernel`)
-    key = calls.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                           head_dim_v, softmax_scale, causal, kernel_name)
-    call = calls.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, head_dim_v, softmax_scale,
-                             causal, kernel_name)
+    key = dense_call.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                                head_dim_v, softmax_scale, causal, kernel_name)
+    call = dense_call.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, head_dim_v, softmax_scale,
+                                  causal, kernel_name)
     return call(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits)
 
 
@@ -54,7 +58,6 @@ def sparse_decode_op(
     extra_topk_length: Optional[torch.Tensor], tile_scheduler_metadata: torch.Tensor, num_splits: torch.Tensor,
     softmax_scale: float, kernel_name: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..sparse import call as sparse_call
     key = sparse_call.sparse_key(q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
                                  extra_topk_length, D_V, softmax_scale, False, True, kernel_name)
     call = sparse_call.sparse_call(key, q, k_cache, indices, topk_length, attn_sink, extra_k_cache, extra_indices,
@@ -76,10 +79,10 @@ def decode_into(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
     """The decode step into given contiguous out/lse (tests pass poisoned ones; partial_fill poisons the split
     workspace). kernel: "auto" / "hopper" / "portable" / None (TRITONMLA_KERNEL, else auto). Returns the kernel
     that ran."""
-    key = calls.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                           out.shape[-1], softmax_scale, causal, kernel)
-    call = calls.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, out.shape[-1], softmax_scale,
-                             causal, kernel)
+    key = dense_call.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                                out.shape[-1], softmax_scale, causal, kernel)
+    call = dense_call.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, out.shape[-1], softmax_scale,
+                                  causal, kernel)
     assert out.is_contiguous() and lse.is_contiguous() and out.shape == call.out_shape
     workspace = torch.empty(call.workspace_numel, dtype=torch.float32, device=q.device)
     if partial_fill is not None:

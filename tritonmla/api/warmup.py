@@ -12,7 +12,8 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from ..kernels.constants import D_QK, D_V
+from ..core.constants import D_QK, D_V
+from ..core.fp8_cache_layouts import quantize_kv_cache
 from .interface import flash_mla_with_kvcache, get_mla_metadata
 
 
@@ -52,8 +53,6 @@ def warmup_sparse(num_heads_q: int, d_qk: int = 576, topk: int = 2048, seq_q: Un
     extra cache of extra_topk slots and its extra_topk_length), so that none compiles while serving. Variants do
     not depend on the batch size, the cache size, the lengths or the indices' values. Returns the number of s_q
     values run. Raises what flash_mla_with_kvcache raises for a bad config."""
-    from ..sparse.quant import quantize_kv_cache  # (the sparse stage, imported on use)
-
     seq_qs = [seq_q] if isinstance(seq_q, int) else list(seq_q)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator(device=device).manual_seed(0)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from tritonmla.bench.timing import cuda_times, write_rows
-from tritonmla.kernels.constants import D_V
+from tritonmla.core.constants import D_V
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_h100_anchors.txt")
 WARMUP_S = 20.0
@@ -98,7 +98,7 @@ def bench_config(tm, kernel, batch, seq_q, mean_sk, heads_q, heads_kv, varlen, c
     seqlens = seqlens_like_flashmla(batch, mean_sk, seq_q, varlen, rng)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     x = make_decode_inputs(seqlens, seq_q, heads_q, heads_kv, 64, dtype, "cuda", generator=gen)
-    from tritonmla.scheduler.metadata import num_parts_for
+    from tritonmla.dense_decode.plan import num_parts_for
     # The plan the kernel would get from get_mla_metadata if TRITONMLA_KERNEL named it.
     num_parts = num_parts_for(x.cache_seqlens.device, seq_q * heads_q // heads_kv, heads_kv, kernel)
     sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, num_parts)
@@ -221,12 +221,12 @@ def gpu_main(args) -> None:
         index = {"s_q": 1, "sk": 2, "h_q": 3, "varlen": 5, "causal": 6}
         configs = [c for c in configs if all(str(c[index[k]]) == v for k, v in want.items())]
     from tritonmla.bench.host import flashmla_module
-    from tritonmla.kernels import dispatch
+    from tritonmla.core import hopper
     fm = flashmla_module() if args.compare == "flashmla" else None
     if args.compare == "flashmla" and fm is None:
         print("--compare flashmla: flash_mla is not importable here; ratios use the anchors file")
     fm_memo: dict = {}
-    no_hopper = dispatch.hopper_device(torch.device("cuda"))
+    no_hopper = hopper.hopper_device(torch.device("cuda"))
     if args.kernel == "both":
         kernels = ["portable"] if no_hopper else ["hopper", "portable"]
         if no_hopper:

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..kernels.constants import D_V
+from ..core.constants import D_V
 from .workload import make_decode_inputs
 
 CALLS_PER_RUN = 50
@@ -66,7 +66,7 @@ def flashmla_module():
 def overhead_table() -> list[dict]:
     """CPU microseconds per flash_mla_with_kvcache call: tritonmla's kernels x API forms, and FlashMLA."""
     import tritonmla as tm
-    from ..kernels import dispatch
+    from ..dense_decode import dispatch
 
     fm = flashmla_module()
     rows = []

@@ -28,9 +28,9 @@ from typing import Optional
 
 import torch
 
-from ..kernels.constants import D_V
+from ..core.constants import D_V
 from .timing import cuda_times, write_rows
-from ..sparse.quant import block_bytes, cache_view, layout_for, quantize_blocks
+from ..core.fp8_cache_layouts import block_bytes, cache_view, layout_for, quantize_blocks
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_sparse_h100_anchors.txt")
 

@@ -2,8 +2,8 @@
 
     python -m tritonmla.bench.tune [--variants "16,64,4,2,2;16,32,4,3,2"] [--workloads "16,1,8192;128,2,8192"]
 
-A variant is block_m,block_n,warps,stages,programs_per_sm (see kernels/decode.py: launch_config); a workload
-is h_q,s_q,mean_sk at b=128, h_kv=1, fixed lengths, causal. Prints GB/s, TFLOPS, registers and spills.
+A variant is block_m,block_n,warps,stages,programs_per_sm (see dense_decode/kernel_portable.py: launch_config); a
+workload is h_q,s_q,mean_sk at b=128, h_kv=1, fixed lengths, causal. Prints GB/s, TFLOPS, registers and spills.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def main() -> None:
     import triton
     import tritonmla as tm
     from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla, work
-    from tritonmla.api import calls
-    from tritonmla.kernels import decode
+    from tritonmla.api.interface import clear
+    from tritonmla.dense_decode import kernel_portable as decode
 
     p = argparse.ArgumentParser()
     p.add_argument("--variants", default="")
@@ -52,7 +52,7 @@ def main() -> None:
                 os.environ["TRITONMLA_CONFIG"] = v
             else:
                 os.environ.pop("TRITONMLA_CONFIG", None)
-            calls.clear()  # the config is read when a configuration is first bound
+            clear()  # the config is read when a configuration is first bound
             cfg = decode.launch_config(s_q * h_q)
             try:
                 sched, splits = tm.get_mla_metadata(x.cache_seqlens, s_q * h_q, 1)

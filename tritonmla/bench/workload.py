@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.constants import D_QK, D_V
+from ..core.constants import D_QK, D_V
 UNUSED_BLOCK_ENTRY = 2147480000  # what FlashMLA's tests put in unused block_table entries
 
 

@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._runtime import interpreter_enabled
-from ..kernels.constants import LN2, LOG2E_JIT
-from ..kernels.launch import BoundKernel
+from ..core.constants import LN2, LOG2E_JIT
+from ..core.launch import BoundKernel
+from ..core.runtime import interpreter_enabled
 
 
 @triton.jit

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.constants import PLAN_TILE, SCHED_ROW
-from ..scheduler.metadata import FIXED_COST
+from ..core.constants import FIXED_COST, PLAN_TILE, SCHED_ROW
 
 
 def plan_reference(cache_seqlens: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:

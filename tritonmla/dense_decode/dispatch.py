@@ -1,0 +1,71 @@
+"""Which dense decode kernel runs: the Gluon Hopper kernel (kernel_sm90) or the portable Triton one
+(kernel_portable).
+
+kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None),
+else the portable kernel; "hopper" insists (a clear ValueError says why it cannot run); "portable" forces the
+portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one (tritonmla.core.hopper).
+Which kernel a configuration runs is decided on its first call (tritonmla.dense_decode.call); a Gluon build
+failure there falls back to portable.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from ..core.constants import D_QK
+from ..core.hopper import GLUON_ERROR, hopper_device, requested_kernel
+
+HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (kernel_sm90.BLOCK_M)
+
+if GLUON_ERROR is None:
+    from . import kernel_sm90
+else:
+    kernel_sm90 = None
+
+_hopper_failed: Optional[str] = None  # set when "auto" saw the Hopper kernel fail to compile
+
+
+def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
+    """None if these inputs can take the Hopper kernel, else the reason (for errors and the support matrix)."""
+    why = hopper_device(q.device)
+    if why is not None:
+        return why
+    num_blocks, page_size, heads_kv, d = k_cache.shape
+    if page_size % 64 != 0:
+        return f"the Hopper kernel needs page_size a multiple of 64 (TMA tiles of 64 tokens), got {page_size}"
+    if k_cache.stride() != (page_size * heads_kv * d, heads_kv * d, d, 1):
+        return "the Hopper kernel needs a contiguous k_cache (TMA reads it as [tokens, heads_kv * 576])"
+    if k_cache.data_ptr() % 16 != 0:
+        return "the Hopper kernel needs k_cache 16-byte aligned (TMA)"
+    if num_blocks * page_size >= 2 ** 31:
+        return "the Hopper kernel addresses cache rows with int32 TMA coordinates: num_blocks * page_size < 2**31"
+    assert d == D_QK
+    return None
+
+
+def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:
+    """Whether get_mla_metadata should size its plan for the Hopper kernel (64-row blocks, one part per SM)."""
+    return requested_kernel(kernel) != "portable" and hopper_device(device) is None and _hopper_failed is None
+
+
+def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str:
+    """'hopper' or 'portable' for this call."""
+    choice = requested_kernel(kernel)
+    if choice == "portable":
+        return "portable"
+    why = hopper_unsupported(q, k_cache)
+    if choice == "hopper":
+        if why is not None:
+            raise ValueError(f"kernel='hopper' cannot run here: {why}")
+        return "hopper"
+    return "hopper" if why is None and plans_for_hopper(q.device, "auto") else "portable"
+
+
+def note_hopper_failure(error: Exception) -> None:
+    """"auto" keeps working on the portable kernel if the Hopper kernel fails to build; say so once."""
+    global _hopper_failed
+    _hopper_failed = f"{type(error).__name__}: {error}"
+    warnings.warn(f"tritonmla: the Gluon Hopper kernel failed to build ({_hopper_failed}); using the portable "
+                  "kernel", RuntimeWarning, stacklevel=3)
