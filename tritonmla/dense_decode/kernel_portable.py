@@ -58,14 +58,17 @@ def launch_config(rows_per_kv_head: int) -> LaunchConfig:
 
 @triton.jit
 def load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start, hi, offs_v, offs_rope, offs_n,
-                 PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Tile [start, start + BLOCK_N) of a request: (latent 512 cols, RoPE 64 cols, token ids, valid mask)."""
+                 num_blocks, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile [start, start + BLOCK_N) of a request: (latent 512 cols, RoPE 64 cols, token ids, valid mask).
+    Page ids are clamped into [0, num_blocks): a bad block-table entry reads some page of the cache (that
+    request's result is then meaningless), never memory outside it."""
     tok = start + offs_n
     tok_ok = tok < hi  # keys past hi belong to another part (or are not valid at all)
     if PAGE_SIZE >= BLOCK_N:  # the whole tile lies in one page
-        page = tl.load(bt_row + start // PAGE_SIZE).to(tl.int64)
+        page = tl.load(bt_row + start // PAGE_SIZE)
     else:
-        page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok_ok, other=0).to(tl.int64)
+        page = tl.load(bt_row + tok // PAGE_SIZE, mask=tok_ok, other=0)
+    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
     k_ptrs = K_CACHE + head_off + page * stride_kblock + (tok % PAGE_SIZE) * stride_kpos
     # Masked loads give 0, never the NaN an unused slot may hold (0 * NaN would poison P.V).
     k_nope = tl.load(k_ptrs[:, None] + offs_v[None, :], mask=tok_ok[:, None], other=0.0)
@@ -75,7 +78,7 @@ def load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start, h
 
 @triton.jit
 def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, stride_kpos,
-                 lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
+                 lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n, num_blocks,
                  D_V: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online softmax over keys [lo, hi) with rows as M: S = Q K^T, O += P V."""
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -83,7 +86,7 @@ def attend_tiles(q_nope, q_rope, K_CACHE, bt_row, head_off, stride_kblock, strid
     acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
     for start in range(lo, hi, BLOCK_N):
         k_nope, k_rope, tok, tok_ok = load_kv_tile(K_CACHE, bt_row, head_off, stride_kblock, stride_kpos, start,
-                                                   hi, offs_v, offs_rope, offs_n, PAGE_SIZE, BLOCK_N)
+                                                   hi, offs_v, offs_rope, offs_n, num_blocks, PAGE_SIZE, BLOCK_N)
         s = tl.dot(q_nope, tl.trans(k_nope))
         s = tl.dot(q_rope, tl.trans(k_rope), s)
         s = s * qk_scale_log2
@@ -112,7 +115,7 @@ def request_tiles(SEQLENS, b, begin_req, begin_tile, end_req, end_tile, seqlen_c
     return seqlen, lo, hi, tl.cdiv(tl.maximum(hi - lo, 0), PLAN_TILE), (hi > lo) | (seqlen == 0)
 
 
-@triton.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
+@triton.jit(do_not_specialize=["stride_btb", "seqlen_cap", "num_blocks"])  # engine-dependent; no variant per value
 def mla_decode_kernel(
     Q, K_CACHE, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -124,7 +127,7 @@ def mla_decode_kernel(
     stride_lb, stride_lh,
     stride_ps, stride_ph, stride_pr,  # partial out [split, h_kv, row, D_V]
     stride_pls, stride_plh,  # partial lse [split, h_kv, row]
-    seq_q, heads_per_kv, seqlen_cap,
+    seq_q, heads_per_kv, seqlen_cap, num_blocks,
     D_V: tl.constexpr, D_ROPE: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PLAN_TILE: tl.constexpr, SCHED_ROW: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -163,7 +166,7 @@ def mla_decode_kernel(
 
         out, lse2, row_seen = attend_tiles(
             q_nope, q_rope, K_CACHE, bt_row, kv_head * stride_khead, stride_kblock, stride_kpos,
-            lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n,
+            lo, hi, key_end, qk_scale_log2, offs_v, offs_rope, offs_n, num_blocks,
             D_V, PAGE_SIZE, BLOCK_M, BLOCK_N)
 
         split_begin = tl.load(NUM_SPLITS + b)
@@ -207,7 +210,7 @@ def bind_decode(varying: tuple, q, k_cache, block_table, sched, out, lse, softma
     strides = fixed_strides(q, k_cache, block_table, out, lse, rows)
     fixed = (softmax_scale * LOG2E,
              *strides[:3], k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), *strides[3:],
-             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             seq_q, heads_per_kv, block_table.shape[1] * page_size, k_cache.shape[0],
              D_V, D_ROPE, page_size, cfg.block_m, min(cfg.block_n, PLAN_TILE), PLAN_TILE, SCHED_ROW, causal)
     grid = (triton.cdiv(rows, cfg.block_m), heads_kv, sched.shape[0])
     return BoundKernel(mla_decode_kernel, grid, varying, fixed,

@@ -45,9 +45,12 @@ V_BOXES = gl.constexpr(D_V // BOX.value)  # 8
 
 
 @gluon.jit
-def issue_kv_tile(k_desc, bt_row, start, col0, slot, kv_smem, rope_smem, ready, PAGE_SIZE: gl.constexpr):
-    """TMA the 64-token tile starting at token `start` (inside one page) into ring slot `slot`, as 9 boxes."""
-    page = gl.load(bt_row + start // PAGE_SIZE)
+def issue_kv_tile(k_desc, bt_row, start, col0, slot, kv_smem, rope_smem, ready, num_blocks,
+                  PAGE_SIZE: gl.constexpr):
+    """TMA the 64-token tile starting at token `start` (inside one page) into ring slot `slot`, as 9 boxes. The
+    page id is clamped into [0, num_blocks) before it becomes a TMA row: a bad block-table entry loads some page
+    of the cache (that request's result is meaningless), never rows outside it."""
+    page = gl.minimum(gl.maximum(gl.load(bt_row + start // PAGE_SIZE), 0), num_blocks - 1)
     row = page * PAGE_SIZE + start % PAGE_SIZE
     bar = ready.index(slot)
     tile = kv_smem.index(slot)
@@ -87,7 +90,7 @@ def scores(q_nope, q_rope, kv_smem, rope_smem, ready, it, valid, box_l: gl.const
     return warpgroup_mma(q_rope, rope_tile.permute((1, 0)), s, is_async=True)
 
 
-@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
+@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap", "num_blocks"])  # engine-dependent; no variant per value
 def mla_decode_hopper_kernel(
     Q, k_desc, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -98,7 +101,7 @@ def mla_decode_hopper_kernel(
     stride_lb, stride_lh,
     stride_ps, stride_ph, stride_pr,
     stride_pls, stride_plh,
-    seq_q, heads_per_kv, seqlen_cap,
+    seq_q, heads_per_kv, seqlen_cap, num_blocks,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
     NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):
@@ -155,7 +158,7 @@ def mla_decode_hopper_kernel(
         for i in gl.static_range(NUM_STAGES):  # both slots are free: start the first two tiles
             if i < n_tiles:
                 issue_kv_tile(k_desc, bt_row, lo + i * BLOCK_N, col0, (it + i) % NUM_STAGES, kv_smem, rope_smem,
-                              ready, PAGE_SIZE)
+                              ready, num_blocks, PAGE_SIZE)
         q_base = Q + b64 * stride_qb + gl.expand_dims(q_off, 1)
         for c in gl.static_range(QK_BOXES):
             x = gl.load(q_base + gl.expand_dims(c * BOX + q_cols, 0), mask=row_ok_q, other=0.0)
@@ -191,7 +194,8 @@ def mla_decode_hopper_kernel(
             o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
             gl.thread_barrier()
             if t + 2 < n_tiles:
-                issue_kv_tile(k_desc, bt_row, start + 2 * BLOCK_N, col0, slot, kv_smem, rope_smem, ready, PAGE_SIZE)
+                issue_kv_tile(k_desc, bt_row, start + 2 * BLOCK_N, col0, slot, kv_smem, rope_smem, ready,
+                              num_blocks, PAGE_SIZE)
             if t + 1 < n_tiles:
                 s = scores(q_nope, q_rope, kv_smem, rope_smem, ready, it + 1, hi - start - BLOCK_N, box_l, s_mma)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
@@ -248,6 +252,6 @@ def bind_decode_hopper(varying: tuple, q, k_cache, block_table, sched, out, lse,
         return bind_decode_seesaw(varying, q, k_cache, block_table, sched, out, lse, softmax_scale, causal)
     grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
     fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
-             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             seq_q, heads_per_kv, block_table.shape[1] * page_size, k_cache.shape[0],
              page_size, causal, PLAN_TILE, SCHED_ROW, NUM_STAGES.value)
     return BoundKernel(mla_decode_hopper_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS))

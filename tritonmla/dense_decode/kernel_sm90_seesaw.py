@@ -96,8 +96,10 @@ def issue_boxes(k_desc, row, col0, kv_smem, rope_smem, ready, empty, fills, SLOT
 
 @gluon.jit
 def kv_producer(k_desc, kv_smem, rope_smem, ready, empty, BLOCK_TABLE, SEQLENS, SCHED, stride_btb, seqlen_cap,
-                PAGE_SIZE: gl.constexpr, SCHED_ROW: gl.constexpr):
-    """One warp: walk the same plan as the consumers and TMA tile t of each request into slot t % 2."""
+                num_blocks, PAGE_SIZE: gl.constexpr, SCHED_ROW: gl.constexpr):
+    """One warp: walk the same plan as the consumers and TMA tile t of each request into slot t % 2. Page ids
+    are clamped into [0, num_blocks) before they become TMA rows (a bad block-table entry loads some page of the
+    cache, never rows outside it)."""
     col0 = gl.program_id(1) * (QK_BOXES * BOX)  # the cache is seen by TMA as [tokens, heads_kv * 576]
     begin_req, begin_tile, end_req, end_tile, _ = plan_row(SCHED, gl.program_id(2), SCHED_ROW)
     fills_a = 0  # fills of slot 0 so far; the k-th fill waits for the (k-1)-th release: phase (k & 1) ^ 1
@@ -110,7 +112,7 @@ def kv_producer(k_desc, kv_smem, rope_smem, ready, empty, BLOCK_TABLE, SEQLENS, 
             slot = t % 2
             fills = gl.where(slot == 0, fills_a, fills_b) + t // 2
             start = lo + t * BLOCK_N
-            page = gl.load(bt_row + start // PAGE_SIZE)
+            page = gl.minimum(gl.maximum(gl.load(bt_row + start // PAGE_SIZE), 0), num_blocks - 1)
             row = page * PAGE_SIZE + start % PAGE_SIZE
             if slot == 0:
                 issue_boxes(k_desc, row, col0, kv_smem, rope_smem, ready, empty, fills, 0)
@@ -346,7 +348,7 @@ def seesaw_consumer(
                          gl.convert_layout(lse2, o_row), mask=partial)
 
 
-@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap"])  # engine-dependent; no variant per value
+@gluon.jit(do_not_specialize=["stride_btb", "seqlen_cap", "num_blocks"])  # engine-dependent; no variant per value
 def mla_decode_seesaw_kernel(
     Q, k_desc, BLOCK_TABLE, SEQLENS, SCHED, NUM_SPLITS,
     OUT, LSE, OUT_PARTIAL, LSE_PARTIAL,
@@ -357,7 +359,7 @@ def mla_decode_seesaw_kernel(
     stride_lb, stride_lh,
     stride_ps, stride_ph, stride_pr,
     stride_pls, stride_plh,
-    seq_q, heads_per_kv, seqlen_cap,
+    seq_q, heads_per_kv, seqlen_cap, num_blocks,
     PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, PLAN_TILE: gl.constexpr, SCHED_ROW: gl.constexpr,
     STRESS_DELAY_NS: gl.constexpr, num_warps: gl.constexpr,
 ):
@@ -395,7 +397,7 @@ def mla_decode_seesaw_kernel(
         (seesaw_consumer, (0,) + consumer_args),
         (seesaw_consumer, (1,) + consumer_args),
         (kv_producer, (k_desc, kv_smem, rope_smem, ready, empty, BLOCK_TABLE, SEQLENS, SCHED, stride_btb,
-                       seqlen_cap, PAGE_SIZE, SCHED_ROW)),
+                       seqlen_cap, num_blocks, PAGE_SIZE, SCHED_ROW)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -408,6 +410,6 @@ def bind_decode_seesaw(varying: tuple, q, k_cache, block_table, sched, out, lse,
     rows = seq_q * heads_per_kv
     grid = (triton.cdiv(rows, BLOCK_M.value), heads_kv, sched.shape[0])
     fixed = (softmax_scale * LOG2E, *fixed_strides(q, k_cache, block_table, out, lse, rows),
-             seq_q, heads_per_kv, block_table.shape[1] * page_size,
+             seq_q, heads_per_kv, block_table.shape[1] * page_size, k_cache.shape[0],
              page_size, causal, PLAN_TILE, SCHED_ROW, STRESS_DELAY_NS)
     return BoundKernel(mla_decode_seesaw_kernel, grid, varying, fixed, dict(num_warps=NUM_WARPS, maxnreg=MAXNREG))

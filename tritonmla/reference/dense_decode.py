@@ -28,13 +28,14 @@ def mla_decode_reference(
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     out = torch.zeros(batch, seq_q, heads_q, head_dim_v, dtype=compute_dtype, device=q.device)
     lse = torch.full((batch, heads_q, seq_q), float("inf"), dtype=torch.float32, device=q.device)
+    num_blocks, capacity = k_cache.shape[0], block_table.shape[1] * page_size
     seqlens = cache_seqlens.tolist()
     for b in range(batch):
-        seqlen = seqlens[b]
+        seqlen = min(seqlens[b], capacity)  # clamped as the kernels clamp it (and page ids below)
         if seqlen <= 0:
             continue
         tok = torch.arange(seqlen, device=q.device)
-        pages = block_table[b, tok // page_size].long()
+        pages = block_table[b, tok // page_size].long().clamp(0, num_blocks - 1)
         keys = k_cache[pages, tok % page_size].to(compute_dtype)  # [seqlen, h_kv, d]
         keys = keys.repeat_interleave(heads_per_kv, dim=1)  # [seqlen, h_q, d]
         scores = torch.einsum("shd,khd->hsk", q[b].to(compute_dtype), keys) * scale  # [h_q, s_q, seqlen]
