@@ -1,11 +1,12 @@
 """tritonmla: DeepSeek FlashMLA's MLA decoding API (dense, and sparse over FP8 caches) on Triton kernels."""
+from .api.checks import check_inputs
 from .api.interface import FlashMLASchedMeta, flash_mla_with_kvcache, get_mla_metadata
 from .api.warmup import warmup, warmup_sparse
 from .core.fp8_cache_layouts import dequantize_kv_cache, quantize_kv_cache
 from .reference.dense_decode import mla_decode_reference
 from .reference.sparse_decode import sparse_decode_reference
 
-__all__ = ["FlashMLASchedMeta", "dequantize_kv_cache", "flash_mla_with_kvcache", "get_mla_metadata",
-           "mla_decode_reference", "quantize_kv_cache", "sparse_decode_reference", "warmup",
+__all__ = ["FlashMLASchedMeta", "check_inputs", "dequantize_kv_cache", "flash_mla_with_kvcache",
+           "get_mla_metadata", "mla_decode_reference", "quantize_kv_cache", "sparse_decode_reference", "warmup",
            "warmup_sparse"]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Argument checks for the public API: every misuse is a TypeError/ValueError that names the argument.
 
-All checks read shapes, dtypes, devices and strides only, never tensor values (that would sync the host).
+All checks read shapes, dtypes, devices and strides only, never tensor values (that would sync the host); the
+exception is check_inputs at the end (tritonmla.check_inputs, TRITONMLA_CHECK=1), which validates values.
 """
 from __future__ import annotations
 
@@ -228,3 +229,85 @@ def check_sparse_inputs(q, k_cache, head_dim_v, softmax_scale, causal, is_fp8_kv
         _check_indices("extra_indices_in_kvcache", extra_indices_in_kvcache, batch, seq_q, q.device)
         _optional_vector("extra_topk_length", extra_topk_length, batch, torch.int32, q.device, "batch")
     return layout
+
+
+# Checked mode: the value checks above leave to the kernels (which clamp or skip bad values, so nothing is ever
+# read out of bounds, but the request's result is then meaningless). These read tensor values: a host sync.
+
+def _first_bad(bad: torch.Tensor) -> tuple[int, ...] | None:
+    """Index of the first True entry of `bad` (row-major), or None; one host sync."""
+    found = bad.flatten().nonzero()
+    if found.numel() == 0:
+        return None
+    return tuple(int(i) for i in torch.unravel_index(found[0, 0].cpu(), bad.shape))
+
+
+def _check_lengths(name: str, lengths: torch.Tensor, limit: int, limit_name: str) -> None:
+    at = _first_bad((lengths < 0) | (lengths > limit))
+    if at is not None:
+        raise ValueError(f"{name}[{at[0]}] = {int(lengths[at])} (request {at[0]}) is outside [0, {limit_name} = "
+                         f"{limit}]")
+
+
+def _check_sparse_index_values(name: str, indices: torch.Tensor, lengths: torch.Tensor | None,
+                               cache_name: str, cache: torch.Tensor) -> None:
+    """Live slots (before lengths[b], or all) must hold -1 or a token of the cache."""
+    num_tokens = cache.shape[0] * cache.shape[1]
+    bad = (indices != -1) & ((indices < 0) | (indices >= num_tokens))
+    if lengths is not None:
+        slot = torch.arange(indices.shape[-1], device=indices.device)
+        bad &= slot[None, None, :] < lengths.to(torch.int64)[:, None, None]
+    at = _first_bad(bad)
+    if at is not None:
+        b, i, k = at
+        raise ValueError(f"{name}[{b}, {i}, {k}] = {int(indices[at])} (request {b}, query position {i}, slot {k}) "
+                         f"is neither -1 nor a token of {cache_name} (indices in [0, num_blocks * page_size = "
+                         f"{num_tokens})); such an index is skipped like -1, which is likely not what was meant")
+
+
+def check_inputs(q, k_cache, block_table=None, cache_seqlens=None, *, indices=None, topk_length=None,
+                 extra_k_cache=None, extra_indices_in_kvcache=None, extra_topk_length=None) -> None:
+    """Validate the values of flash_mla_with_kvcache's inputs (a host-synced check, for debugging; also run on
+    every call when TRITONMLA_CHECK=1). Raises ValueError naming the argument, the request and the entry:
+
+    - dense (indices None): cache_seqlens[b] negative or beyond block_table's capacity (max_blocks * page_size);
+      a block_table entry a request uses (the first ceil(cache_seqlens[b] / page_size) of its row) outside
+      [0, num_blocks). Entries past a request's pages are never read and may hold anything.
+    - sparse (indices given): a live slot of indices (before topk_length[b]; every slot without it) holding a
+      value that is neither -1 nor a token of k_cache ([0, num_blocks * page_size)): the kernels skip it like -1,
+      but it most likely is a bug. Slots past topk_length may hold anything. The same for
+      extra_indices_in_kvcache against extra_k_cache. topk_length / extra_topk_length outside [0, topk].
+
+    Without it the kernels never read out of bounds either (bad page ids are clamped into the cache, bad lengths
+    into range, bad sparse indices skipped), but a request with a bad input gets a meaningless result. The
+    shape/dtype checks of flash_mla_with_kvcache run first (same errors)."""
+    if indices is None:
+        check_decode_inputs(q, k_cache, block_table, cache_seqlens, D_V, None, False)
+        num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
+        max_blocks = block_table.shape[1]
+        capacity = max_blocks * page_size
+        _check_lengths("cache_seqlens", cache_seqlens, capacity,
+                       f"block_table's capacity max_blocks * page_size = {max_blocks} * {page_size}")
+        pages_used = (cache_seqlens.to(torch.int64) + page_size - 1) // page_size
+        entry = torch.arange(max_blocks, device=block_table.device)
+        bad = (entry[None, :] < pages_used[:, None]) & ((block_table < 0) | (block_table >= num_blocks))
+        at = _first_bad(bad)
+        if at is not None:
+            b, j = at
+            raise ValueError(f"block_table[{b}, {j}] = {int(block_table[at])} (request {b}, entry {j}) is not a "
+                             f"page of k_cache ([0, num_blocks = {num_blocks})); request {b} uses entries "
+                             f"0..{int(pages_used[b]) - 1} for its cache_seqlens[{b}] = {int(cache_seqlens[b])}")
+        return
+    check_sparse_inputs(q, k_cache, D_V, None, False, True, indices, None, extra_k_cache, extra_indices_in_kvcache,
+                        topk_length, extra_topk_length)
+    topk = indices.shape[-1]
+    if topk_length is not None:
+        _check_lengths("topk_length", topk_length, topk, "topk (indices.shape[-1])")
+    _check_sparse_index_values("indices", indices, topk_length, "k_cache", k_cache)
+    if extra_k_cache is not None:
+        extra_topk = extra_indices_in_kvcache.shape[-1]
+        if extra_topk_length is not None:
+            _check_lengths("extra_topk_length", extra_topk_length, extra_topk,
+                           "extra_topk (extra_indices_in_kvcache.shape[-1])")
+        _check_sparse_index_values("extra_indices_in_kvcache", extra_indices_in_kvcache, extra_topk_length,
+                                   "extra_k_cache", extra_k_cache)

@@ -25,14 +25,15 @@ from typing import Optional, Union
 
 import torch
 
-from ..core import runtime, workspace
+from ..core import config_cache, runtime, workspace
 from ..dense_decode import call as dense_call, dispatch
 from ..dense_decode.plan import num_parts_for
 from ..scheduler import call as plan_calls
 from ..sparse_decode import call as sparse_call
 from ..sparse_decode.plan import attended_lengths, sparse_num_parts
 from . import op  # noqa: F401  (registers torch.ops.tritonmla.*)
-from .checks import check_decode_inputs, check_metadata_args, check_metadata_tensors, check_sparse_inputs
+from .checks import check_decode_inputs, check_inputs, check_metadata_args, check_metadata_tensors, \
+    check_sparse_inputs
 
 
 @dataclasses.dataclass
@@ -184,7 +185,16 @@ def flash_mla_with_kvcache(
     exp(lse) / (exp(lse) + exp(sink)); lse unchanged), extra_k_cache + extra_indices_in_kvcache (+
     extra_topk_length): more keys in the same softmax. Same outputs; queries with nothing to attend: out 0,
     lse +inf.
+
+    Bad values (block-table page ids outside the cache, cache_seqlens outside [0, max_blocks * page_size],
+    sparse indices outside the cache, lengths outside [0, topk]) never make a kernel read out of bounds, but give
+    that request a meaningless result; tritonmla.check_inputs finds them (a host sync), and with TRITONMLA_CHECK=1
+    every eager call runs it first.
     """
+    if config_cache.checked_mode() and not runtime.tracing():
+        check_inputs(q, k_cache, block_table, cache_seqlens, indices=indices, topk_length=topk_length,
+                     extra_k_cache=extra_k_cache, extra_indices_in_kvcache=extra_indices_in_kvcache,
+                     extra_topk_length=extra_topk_length)
     if (is_fp8_kvcache is False and indices is None and attn_sink is None and extra_k_cache is None
             and extra_indices_in_kvcache is None and topk_length is None and extra_topk_length is None
             and type(q) is torch.Tensor and not runtime.tracing()):

@@ -25,6 +25,22 @@ def kernel_env() -> Optional[str]:
     return os.environ.decodevalue(value) if value is not None else None
 
 
+_CHECK_KEY = os.environ.encodekey("TRITONMLA_CHECK") if hasattr(os.environ, "encodekey") else None
+
+
+def checked_mode() -> bool:
+    """TRITONMLA_CHECK set to anything but "" or "0": eager flash_mla_with_kvcache calls run
+    tritonmla.check_inputs first (a host sync). Read per call, as cheaply as TRITONMLA_KERNEL."""
+    if _ENV_DATA is None or _CHECK_KEY is None:
+        value = os.environ.get("TRITONMLA_CHECK")
+    else:
+        value = _ENV_DATA.get(_CHECK_KEY)
+        if value is None:
+            return False
+        value = os.environ.decodevalue(value)
+    return value not in (None, "", "0")
+
+
 def props(t: Optional[torch.Tensor]):
     """An optional tensor's part of a key."""
     return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
