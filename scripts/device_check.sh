@@ -11,6 +11,10 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
       > $OUT/$tool.log 2>&1; echo "$tool rc=$?"
     tail -4 $OUT/$tool.log
   done
+  # Poisoned page ids / indices (issue 24): no kernel may read out of bounds.
+  PYTHONPATH=. timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 python3 scripts/sanitize_poison.py \
+    > $OUT/memcheck_poison.log 2>&1; echo "memcheck (poisoned inputs) rc=$?"
+  tail -4 $OUT/memcheck_poison.log
 fi
 [ "${SKIP_BENCH:-0}" = 1 ] || bash scripts/bench.sh --csv $OUT/bench.csv --json $OUT/bench.json \
   --plot $OUT/roofline.png 2>$OUT/bench.err | tee $OUT/bench.log
