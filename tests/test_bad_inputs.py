@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import tritonmla
-from tritonmla._runtime import interpreter_enabled
-from tritonmla.api import calls
+from tritonmla.core import config_cache
+from tritonmla.core.hopper import hopper_device
+from tritonmla.core.runtime import interpreter_enabled
 from tritonmla.bench.sparse import make_sparse_inputs
-from tritonmla.kernels import dispatch
 
 from helpers import make_decode_inputs
 
@@ -226,7 +226,7 @@ def test_checked_mode_env_var(monkeypatch):
             monkeypatch.delenv("TRITONMLA_CHECK", raising=False)
         else:
             monkeypatch.setenv("TRITONMLA_CHECK", value)
-        assert calls.checked_mode() is on
+        assert config_cache.checked_mode() is on
 
 
 @interpreted
@@ -252,7 +252,7 @@ def test_checked_mode_checks_every_call_cached_or_not(monkeypatch):
 
 def dense_kernels() -> list:
     kernels = [None, "portable"]
-    if torch.cuda.is_available() and dispatch.hopper_device(torch.device("cuda")) is None:
+    if torch.cuda.is_available() and hopper_device(torch.device("cuda")) is None:
         kernels.append("hopper")
     return kernels
 
