@@ -242,10 +242,10 @@ def _first_bad(bad: torch.Tensor) -> tuple[int, ...] | None:
     return tuple(int(i) for i in torch.unravel_index(found[0, 0].cpu(), bad.shape))
 
 
-def _check_lengths(name: str, lengths: torch.Tensor, limit: int, limit_name: str) -> None:
+def _check_lengths(name: str, lengths: torch.Tensor, limit: int, limit_name: str, unit: str = "request") -> None:
     at = _first_bad((lengths < 0) | (lengths > limit))
     if at is not None:
-        raise ValueError(f"{name}[{at[0]}] = {int(lengths[at])} (request {at[0]}) is outside [0, {limit_name} = "
+        raise ValueError(f"{name}[{at[0]}] = {int(lengths[at])} ({unit} {at[0]}) is outside [0, {limit_name} = "
                          f"{limit}]")
 
 
@@ -311,3 +311,54 @@ def check_inputs(q, k_cache, block_table=None, cache_seqlens=None, *, indices=No
                            "extra_topk (extra_indices_in_kvcache.shape[-1])")
         _check_sparse_index_values("extra_indices_in_kvcache", extra_indices_in_kvcache, extra_topk_length,
                                    "extra_k_cache", extra_k_cache)
+
+
+def check_sparse_prefill_inputs(q, kv, indices, sm_scale, d_v, attn_sink, topk_length) -> None:
+    """flash_mla_sparse_fwd: q [s_q, h_q, d_qk], kv [s_kv, h_kv, d_qk] (d_qk 576 or 512, q's dtype), indices
+    [s_q, h_kv, topk] int32, attn_sink [h_q] fp32, topk_length [s_q] int32."""
+    q = _tensor("q", q)
+    kv = _tensor("kv", kv)
+    indices = _tensor("indices", indices)
+    _rank("q", q, 3, "[s_q, heads_q, head_dim]")
+    _rank("kv", kv, 3, "[s_kv, heads_kv, head_dim]")
+    _rank("indices", indices, 3, "[s_q, heads_kv, topk]")
+    _dtype("q", q, SPARSE_Q_DTYPES)
+    if kv.dtype != q.dtype:
+        raise TypeError(f"kv dtype {str(kv.dtype).replace('torch.', '')} must match q dtype "
+                        f"{str(q.dtype).replace('torch.', '')}")
+    _dtype("indices", indices, (torch.int32,))
+    if q.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"q must be on a CUDA device or the CPU, got {q.device}")
+    _same_device("kv", kv, q.device)
+    _same_device("indices", indices, q.device)
+    s_q, heads_q, head_dim = q.shape
+    s_kv, heads_kv, kv_head_dim = kv.shape
+    if head_dim not in (576, 512):
+        raise ValueError(f"q head_dim must be 576 (V3.2) or 512 (MODEL1), got {head_dim}")
+    if kv_head_dim != head_dim:
+        raise ValueError(f"kv head_dim ({kv_head_dim}) must equal q head_dim ({head_dim})")
+    if heads_q < 1 or heads_kv < 1:
+        raise ValueError(f"q and kv must have at least one head, got shapes {tuple(q.shape)} and {tuple(kv.shape)}")
+    if heads_q % heads_kv:
+        raise ValueError(f"q heads ({heads_q}) must be a multiple of kv heads ({heads_kv})")
+    if s_kv >= 2 ** 31:
+        raise ValueError(f"kv holds {s_kv} tokens; int32 indices address at most 2**31 - 1")
+    if kv.stride(-1) != 1 and head_dim > 1:
+        raise ValueError("kv must be contiguous in its last (head_dim) dimension")
+    if indices.shape[0] != s_q or indices.shape[1] != heads_kv or indices.shape[2] < 1:
+        raise ValueError(f"indices must be [s_q={s_q}, heads_kv={heads_kv}, topk >= 1], got {tuple(indices.shape)}")
+    if isinstance(d_v, bool) or not isinstance(d_v, int):
+        raise TypeError(f"d_v must be an int, got {type(d_v).__name__}")
+    if d_v != D_V:
+        raise ValueError(f"d_v must be {D_V}, got {d_v}")
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float, got {type(sm_scale).__name__}")
+    _optional_vector("attn_sink", attn_sink, heads_q, torch.float32, q.device, "heads_q")
+    _optional_vector("topk_length", topk_length, s_q, torch.int32, q.device, "s_q")
+
+
+def check_sparse_prefill_values(indices, topk_length) -> None:
+    """Checked mode of flash_mla_sparse_fwd (a host sync): topk_length outside [0, topk]. (Its indices may hold
+    anything: FlashMLA's API makes -1 and every value outside [0, s_kv) mean "skip".)"""
+    if topk_length is not None:
+        _check_lengths("topk_length", topk_length, indices.shape[-1], "topk", "query token")

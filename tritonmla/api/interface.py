@@ -31,6 +31,7 @@ from ..dense_decode.plan import num_parts_for
 from ..scheduler import call as plan_calls
 from ..sparse_decode import call as sparse_call
 from ..sparse_decode.plan import attended_lengths, sparse_num_parts
+from ..sparse_prefill import call as prefill_call
 from . import op  # noqa: F401  (registers torch.ops.tritonmla.*)
 from .checks import check_decode_inputs, check_inputs, check_metadata_args, check_metadata_tensors, \
     check_sparse_inputs
@@ -319,9 +320,10 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
 
 
 def clear() -> None:
-    """Forget every configuration, dense and sparse, and every plan, and free the stream workspaces (tuning sweeps
+    """Forget every configuration (dense and sparse decode, sparse prefill) and every plan, and free the stream workspaces (tuning sweeps
     change TRITONMLA_CONFIG / TRITONMLA_SPARSE_CONFIG, which are read when binding)."""
     dense_call.clear()
     sparse_call.clear()
+    prefill_call.clear()
     plan_calls.clear()
     workspace.clear()

@@ -16,6 +16,7 @@ from ..core.constants import D_V, SCHED_ROW
 from ..dense_decode import call as dense_call
 from ..scheduler import call as plan_calls
 from ..sparse_decode import call as sparse_call
+from ..sparse_prefill import call as prefill_call
 
 
 @torch.library.custom_op("tritonmla::plan", mutates_args=())
@@ -89,3 +90,20 @@ def decode_into(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
         workspace.fill_(partial_fill)
     call(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits, out, lse, workspace)
     return call.kernel
+
+
+@torch.library.custom_op("tritonmla::sparse_prefill", mutates_args=())
+def sparse_prefill_op(
+    q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sm_scale: float, attn_sink: Optional[torch.Tensor],
+    topk_length: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key = prefill_call.prefill_key(q, kv, indices, topk_length, attn_sink, sm_scale, D_V)
+    call = prefill_call.prefill_call(key, q, kv, indices, topk_length, attn_sink, sm_scale)
+    return call(q, kv, indices, topk_length, attn_sink)
+
+
+@sparse_prefill_op.register_fake
+def _sparse_prefill_fake(q, kv, indices, sm_scale, attn_sink, topk_length):
+    s_q, heads_q, _ = q.shape
+    return (q.new_empty((s_q, heads_q, D_V)), q.new_empty((s_q, heads_q), dtype=torch.float32),
+            q.new_empty((s_q, heads_q), dtype=torch.float32))

@@ -3,6 +3,7 @@
     python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--compare flashmla] [--csv FILE]
                               [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
     python -m tritonmla.bench sparse-decode [...]    (sparse decoding over FP8 caches: tritonmla.bench.sparse)
+    python -m tritonmla.bench sparse-prefill [...]   (sparse attention prefill: tritonmla.bench.sparse_prefill)
 
 --kernel both (the default) times the Gluon Hopper kernel and the portable kernel on every config, side by side
 (the Hopper column is left out on GPUs that cannot run it). Each config is timed as users see it: eager calls
@@ -292,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["sparse-decode"]:  # FlashMLA's sparse decode cases (tritonmla.bench.sparse)
         from tritonmla.bench import sparse
         sparse.main(argv[1:])
+        return
+    if argv[:1] == ["sparse-prefill"]:  # FlashMLA's sparse prefill cases (tritonmla.bench.sparse_prefill)
+        from tritonmla.bench import sparse_prefill
+        sparse_prefill.main(argv[1:])
         return
     p = argparse.ArgumentParser(prog="python -m tritonmla.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only mean_sk=8192, fixed lengths")

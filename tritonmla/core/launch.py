@@ -77,22 +77,23 @@ class BoundKernel:
         from triton.backends.nvidia.driver import make_tensordesc_arg
         return make_tensordesc_arg(descriptor, self._descriptor_meta)
 
-    def launch(self, stream: int, varying: tuple) -> None:
-        """Pointers as ints; a TMA descriptor already expanded (expand_descriptor). Needs `direct`."""
-        gx, gy, gz = self.grid
+    def launch(self, stream: int, varying: tuple, grid: Optional[tuple[int, int, int]] = None) -> None:
+        """Pointers as ints; a TMA descriptor already expanded (expand_descriptor). Needs `direct`. grid: this
+        launch's, where it varies per call (default: the configuration's)."""
+        gx, gy, gz = grid or self.grid
         self._raw(gx, gy, gz, stream, self._function, self._coop, self._pdl, None, None, self._packed_metadata,
                   None, None, None, *varying, *self._tail)
 
-    def launch_generic(self, stream: int, varying: tuple) -> None:
+    def launch_generic(self, stream: int, varying: tuple, grid: Optional[tuple[int, int, int]] = None) -> None:
         """Through Triton's own launcher (scratch allocation, descriptor encoding): tensors or ints, descriptors
         as TensorDescriptor objects."""
-        gx, gy, gz = self.grid
+        gx, gy, gz = grid or self.grid
         self._generic(gx, gy, gz, stream, self._function, self._packed_metadata, None, None, None, *varying,
                       *self._tail)
 
-    def interpret(self, varying: tuple) -> None:
+    def interpret(self, varying: tuple, grid: Optional[tuple[int, int, int]] = None) -> None:
         """TRITON_INTERPRET=1: run in the interpreter, tensors as the pointer arguments."""
-        self.fn[self.grid](*varying, *self.fixed, **self.options)
+        self.fn[grid or self.grid](*varying, *self.fixed, **self.options)
 
 
 def current_stream(device_index: int) -> int:

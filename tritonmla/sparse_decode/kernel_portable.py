@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ..combine.combine import round_to
+from ..core.attention_tile import attend
 from ..core.constants import D_V, LN2, LOG2E, LOG2E_JIT, PLAN_TILE, SCHED_ROW
 from ..core.fp8_cache_layouts import FP8Layout, V32
 from ..core.launch import BoundKernel
@@ -102,34 +103,6 @@ def load_rows(K, idx, ok, stride_block, offs_d, offs_rope,
         k = round_to(tl.where(is_nope[None, :], nope, rope.to(tl.float32)), DTYPE, RNE_BF16)
         k_rope = tl.zeros([BLOCK_N, D_ROPE], DTYPE)
     return k, k_rope
-
-
-@triton.jit
-def attend(q_main, q_rope, k, k_rope, ok, m_i, l_i, acc, qk_scale_log2, IS_V32: tl.constexpr,
-           DOT_F32: tl.constexpr):
-    """One tile of the online softmax: S = Q K^T (+ RoPE part), O += P V with V = k (P rounded to k's dtype).
-    DOT_F32 (the interpreter with bf16 inputs, whose bf16 tl.dot is wrong: triton-lang/triton#11584): the same
-    bf16 operands, multiplied in fp32, which is what the GPU's bf16 dot with fp32 accumulation computes (and P
-    rounded to nearest by hand: the interpreter's fp32 -> bf16 conversion truncates)."""
-    if DOT_F32:
-        s = tl.dot(q_main.to(tl.float32), tl.trans(k.to(tl.float32)))
-        if IS_V32:
-            s = tl.dot(q_rope.to(tl.float32), tl.trans(k_rope.to(tl.float32)), s)
-    else:
-        s = tl.dot(q_main, tl.trans(k))
-        if IS_V32:
-            s = tl.dot(q_rope, tl.trans(k_rope), s)
-    s = tl.where(ok[None, :], s * qk_scale_log2, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet stays at 0
-    alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if DOT_F32:
-        acc = acc * alpha[:, None] + tl.dot(round_to(p, k.dtype, True).to(tl.float32), k.to(tl.float32))
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k)
-    return m_new, l_i, acc
 
 
 @triton.jit
