@@ -294,7 +294,9 @@ def test_check_inputs_on_cuda_tensors():
     with pytest.raises(ValueError, match=r"block_table\[1, 2\] = 99 \(request 1, entry 2\)"):
         tritonmla.check_inputs(x.q, x.k_cache, poison_block_table(x.block_table, 64), x.cache_seqlens)
     y = sparse_inputs("cuda")
-    y.extra_topk_length[1] = 32
+    y.extra_topk_length[1] = 32  # live extra slots in request 1, holding valid indices (past the old length: garbage)
+    tokens = y.extra_k_cache.shape[0] * y.extra_k_cache.shape[1]
+    y.extra_indices[1] = torch.randint(0, tokens, y.extra_indices[1].shape, dtype=torch.int32, device="cuda")
     indices, extra = poison_sparse(y)
     tritonmla.check_inputs(y.q, y.k_cache, indices=y.indices, topk_length=y.topk_length,
                            extra_k_cache=y.extra_k_cache, extra_indices_in_kvcache=y.extra_indices,
