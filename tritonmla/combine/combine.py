@@ -20,6 +20,7 @@ import triton.language as tl
 from ..core.constants import LN2, LOG2E_JIT
 from ..core.launch import BoundKernel
 from ..core.runtime import interpreter_enabled
+from ..core.triton_helpers import round_to
 
 
 @triton.jit
@@ -94,17 +95,6 @@ def bind_combine(out_partial, lse_partial, num_splits, out, lse, heads_per_kv: i
              heads_per_kv, seq_q * heads_per_kv, d_v, COMBINE_ROWS)
     return BoundKernel(mla_combine_kernel, (triton.cdiv(seq_q * heads_per_kv, COMBINE_ROWS), batch, heads_kv),
                        (out_partial, lse_partial, num_splits, out, lse), fixed, dict(num_warps=4))
-
-
-@triton.jit
-def round_to(x, DTYPE: tl.constexpr, RNE_BF16: tl.constexpr):
-    """x (fp32) -> DTYPE. RNE_BF16: round to nearest even by hand first, for the interpreter, whose fp32 -> bf16
-    conversion truncates (the GPU rounds to nearest even, and both give the same then)."""
-    if RNE_BF16:
-        bits = x.to(tl.int32, bitcast=True)
-        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & -65536  # -65536 = 0xFFFF0000
-        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # (NaN kept as is)
-    return x.to(DTYPE)
 
 
 @triton.jit

@@ -31,8 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..combine.combine import round_to
-from ..core.attention_tile import attend
+from ..core.triton_helpers import attend, round_to
 from ..core.constants import D_V, LN2, LOG2E, LOG2E_JIT, PLAN_TILE, SCHED_ROW
 from ..core.fp8_cache_layouts import FP8Layout, V32
 from ..core.launch import BoundKernel

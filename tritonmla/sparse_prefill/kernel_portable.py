@@ -16,7 +16,7 @@ one token next to each other (h_q 128: the second block finds the token's rows i
 list in BLOCK_N-slot tiles: it gathers the tile's kv rows (masked: an invalid slot loads zeros, so NaN in rows no
 valid index names never enters a dot), computes S = Q K^T (for d_qk 576 the 512 latent and the 64 RoPE columns as
 two dots), runs the online softmax and accumulates O += P V with V = the same rows' first 512 columns
-(tritonmla.core.attention_tile.attend, shared with sparse decode). No split over the index list: a prefill has s_q x
+(tritonmla.core.triton_helpers.attend, shared with sparse decode). No split over the index list: a prefill has s_q x
 h_q / BLOCK_H programs, enough to fill a GPU.
 """
 from __future__ import annotations
@@ -28,8 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..combine.combine import round_to
-from ..core.attention_tile import attend
+from ..core.triton_helpers import attend, round_to
 from ..core.constants import D_V, LN2, LOG2E, LOG2E_JIT
 from ..core.launch import BoundKernel
 from ..core.runtime import interpreter_enabled

@@ -1,10 +1,20 @@
-"""One KV tile of attention in portable Triton, shared by the sparse kernels (decode over FP8 rows, prefill over bf16
-rows): S = Q K^T (+ the RoPE part), the online softmax in the log2 domain, O += P V with V = the tile's first 512
-columns."""
+"""Triton helpers shared by the portable kernels: round_to (fp32 -> the output dtype, with the interpreter's bf16
+rounding fixed), and attend, one KV tile of attention for the sparse kernels (decode over FP8 rows, prefill over
+bf16 rows): S = Q K^T (+ the RoPE part), the online softmax in the log2 domain, O += P V with V = the tile's first
+512 columns."""
 import triton
 import triton.language as tl
 
-from ..combine.combine import round_to
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr, RNE_BF16: tl.constexpr):
+    """x (fp32) -> DTYPE. RNE_BF16: round to nearest even by hand first, for the interpreter, whose fp32 -> bf16
+    conversion truncates (the GPU rounds to nearest even, and both give the same then)."""
+    if RNE_BF16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & -65536  # -65536 = 0xFFFF0000
+        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)  # (NaN kept as is)
+    return x.to(DTYPE)
 
 
 @triton.jit
