@@ -2,29 +2,14 @@
 without a GPU (frontend + ptxas, no launch): shared memory, registers, spills and wgmma count per launch config,
 before spending device time. Run: PYTHONPATH=. python scripts/compile_prefill_offline.py [block_h,block_n,warps,stages ...]
 """
-import os
 import re
-import subprocess
 import sys
-import tempfile
 
 import triton
-from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from compile_sparse_offline import TARGET, resources  # (scripts/ is sys.path[0] when run as a script)
 from tritonmla.sparse_prefill import kernel_portable as P
-
-TARGET = GPUTarget("cuda", 90, 32)
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-
-def resources(k) -> str:
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
-    return f"{found.group(1)} regs, stack {found.group(2)} B, local {found.group(4)} B" if found else usage.strip()
 
 
 def compile_prefill(d_qk: int, cfg: P.PrefillLaunchConfig, dtype: str = "bf16", has=(True, True)) -> None:

@@ -93,8 +93,11 @@ def compile_combine():
     ptr = {"OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32", "NUM_SPLITS": "*i32", "SINK": "*fp32", "OUT": "*bf16",
            "LSE": "*fp32"}
     sig = {n: ptr.get(n) or ("constexpr" if n in const else "i32") for n in names}
-    triton.compile(ASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}), target=TARGET,
-                   options={"num_warps": 4})
+    k = triton.compile(ASTSource(fn, sig, {(names.index(n),): v for n, v in const.items()}), target=TARGET,
+                       options={"num_warps": 4})
+    if os.environ.get("PTX_DIR"):
+        ptx = "\n".join(line for line in k.asm["ptx"].splitlines() if not re.match(r"\s*(\.loc|//|\.file)", line))
+        pathlib.Path(os.environ["PTX_DIR"], "combine_sink.ptx").write_text(ptx)
     print("combine (sink): ok")
 
 

@@ -61,3 +61,16 @@ def assert_graph_replays_bitwise(step, want_out: torch.Tensor, want_lse: torch.T
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+
+
+def prefill_poisoned(x):
+    """flash_mla_sparse_fwd's per-configuration call on x (tritonmla.bench.sparse_prefill.PrefillInputs) into
+    NaN-poisoned outputs: (out, max_logits, lse)."""
+    from tritonmla.sparse_prefill.call import SparsePrefillCall
+    s_q, heads_q, _ = x.q.shape
+    call = SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)
+    out = torch.full((s_q, heads_q, 512), float("nan"), dtype=x.q.dtype, device=x.q.device)
+    max_logits = torch.full((s_q, heads_q), float("nan"), device=x.q.device)
+    lse = torch.full((s_q, heads_q), float("nan"), device=x.q.device)
+    call(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, out, max_logits, lse)
+    return out, max_logits, lse

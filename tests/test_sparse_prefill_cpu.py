@@ -9,6 +9,10 @@ bf16 runs with its operands multiplied in fp32 (the interpreter's bf16 tl.dot is
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +22,7 @@ from tritonmla.core.runtime import interpreter_enabled
 from tritonmla.bench.sparse_prefill import make_prefill_inputs, poison_unused_rows
 from tritonmla.sparse_prefill import call as prefill_call
 
-from helpers import assert_close
+from helpers import assert_close, prefill_poisoned as run_poisoned
 
 interpreted = pytest.mark.skipif(not interpreter_enabled(), reason="CPU kernel tests need TRITON_INTERPRET=1")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -27,17 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # rel 2.01/65536), against a float64 reference here.
 OUT_TOL = dict(abs_tol=8e-4, rel_tol=3.01 / 128, cos_diff_tol=7e-6)
 STAT_TOL = dict(abs_tol=1e-6, rel_tol=2.01 / 65536)
-
-
-def run_poisoned(x):
-    """The configuration's call into NaN-poisoned outputs."""
-    s_q, heads_q, _ = x.q.shape
-    call = prefill_call.SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)
-    out = torch.full((s_q, heads_q, 512), float("nan"), dtype=x.q.dtype)
-    max_logits = torch.full((s_q, heads_q), float("nan"))
-    lse = torch.full((s_q, heads_q), float("nan"))
-    call(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, out, max_logits, lse)
-    return out, max_logits, lse
 
 
 def check(x, out, max_logits, lse):
@@ -60,7 +53,8 @@ def check(x, out, max_logits, lse):
 ])
 def test_prefill_grid(d_qk, heads_q, heads_kv, s_q, s_kv, topk, sink, have_len, strided, dtype):
     x = make_prefill_inputs(s_q, s_kv, topk, heads_q, d_qk, heads_kv, sink=sink, have_topk_length=have_len,
-                            strided=strided, dtype=dtype, device="cpu", seed=d_qk + heads_q + s_kv)
+                            strided=strided, sm_scale=0.5 if strided else None, dtype=dtype, device="cpu",
+                            seed=d_qk + heads_q + s_kv)
     check(x, *run_poisoned(x))
 
 
@@ -206,13 +200,9 @@ def test_torch_compile_traces_sparse_prefill():
 
 
 def test_bench_cpu_demo_runs():
-    import subprocess
-    import sys
-    from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-m", "tritonmla.bench", "sparse-prefill"], cwd=root,
-                            capture_output=True, text=True, timeout=600,
-                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
     if torch.cuda.is_available():
         pytest.skip("a GPU box runs the real benchmark")
     assert result.returncode == 0 and "CPU demo passed." in result.stdout, result.stdout + result.stderr

@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from ..core.constants import D_V
-from .timing import cuda_times, write_rows
+from .timing import cuda_times, print_geomeans, write_rows
 from ..core.fp8_cache_layouts import block_bytes, cache_view, layout_for, quantize_blocks
 
 ANCHORS_FILE = Path(__file__).with_name("flashmla_sparse_h100_anchors.txt")
@@ -266,12 +266,7 @@ def print_table(rows: list[Row]) -> None:
     print("FlashMLA: " + ("timed here, same inputs" if sources == {"measured"} else
                           "its figures on the device H100 (flashmla_sparse_h100_anchors.txt)")
           + "; ratio = FlashMLA's time / ours (> 1: we are faster)")
-    for label, attr in (("eager", "ratio"), ("CUDA graph", "graph_ratio")):
-        ratios = [getattr(r, attr) for r in rows if getattr(r, attr)]
-        if ratios:
-            geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-            print(f"{label}: geomean ratio vs FlashMLA over {len(ratios)} cases: {geo:.3f} "
-                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print_geomeans(rows)
 
 
 def gpu_main(args) -> None:

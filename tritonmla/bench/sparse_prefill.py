@@ -27,7 +27,7 @@ import torch
 
 from ..core.constants import D_V
 from .sparse import ANCHORS_FILE
-from .timing import cuda_times, write_rows
+from .timing import cuda_times, print_geomeans, write_rows
 
 # FlashMLA's invalid index values (tests/lib.py): all must be skipped, never read.
 INVALID_INDICES = (-2147483648, -123456, -1, None, 114514, 1919810, 2147480000, 2147483647)  # None: s_kv
@@ -67,12 +67,13 @@ def _strided(t: torch.Tensor, pad: int) -> torch.Tensor:
 
 def make_prefill_inputs(s_q: int, s_kv: int, topk: int, h_q: int, d_qk: int, h_kv: int = 1, sink: bool = False,
                         have_topk_length: bool = False, all_invalid: bool = False, nan_unused: bool = True,
-                        strided: bool = False, dtype: torch.dtype = torch.bfloat16, device="cuda",
-                        seed: int = 0) -> PrefillInputs:
+                        strided: bool = False, sm_scale: Optional[float] = None,
+                        dtype: torch.dtype = torch.bfloat16, device="cuda", seed: int = 0) -> PrefillInputs:
     """FlashMLA's test inputs (tests/lib.py generate_testcase): q, kv = randn / 10 + a per-case offset; each query's
     indices distinct random rows of [0, s_kv) (topk > s_kv: the rest FlashMLA's invalid values); sinks with +-inf
     entries; topk_length in [0, topk]. all_invalid: some queries get only invalid indices. nan_unused: NaN in the
-    kv rows no valid index names (must never reach the result). strided: q, kv and indices with row strides."""
+    kv rows no valid index names (must never reach the result). strided: q, kv and indices with row strides.
+    sm_scale: default 1 / sqrt(d_qk)."""
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     q = (torch.randn(s_q, h_q, d_qk, generator=gen, device=device) / 10 + (rng.random() - 0.5) / 10).clamp(-10, 10)
@@ -100,7 +101,7 @@ def make_prefill_inputs(s_q: int, s_kv: int, topk: int, h_q: int, d_qk: int, h_k
         topk_length = topk_length.clamp_max(topk).to(torch.int32)
     if strided:
         q, kv, indices = _strided(q, 8), _strided(kv, 8), _strided(indices, 4)
-    x = PrefillInputs(q, kv, indices, d_qk ** -0.5 if not strided else 0.5, attn_sink, topk_length)
+    x = PrefillInputs(q, kv, indices, sm_scale if sm_scale is not None else d_qk ** -0.5, attn_sink, topk_length)
     if nan_unused:
         poison_unused_rows(x)
     return x
@@ -204,12 +205,7 @@ def print_table(rows: list[Row]) -> None:
     print("FlashMLA: " + ("timed here, same inputs" if sources == {"measured"} else
                           "its figures on the device H100 (flashmla_sparse_h100_anchors.txt)")
           + "; ratio = FlashMLA's time / ours (> 1: we are faster); TFLOPS from the graph time")
-    for label, attr in (("eager", "ratio"), ("CUDA graph", "graph_ratio")):
-        ratios = [getattr(r, attr) for r in rows if getattr(r, attr)]
-        if ratios:
-            geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-            print(f"{label}: geomean ratio vs FlashMLA over {len(ratios)} cases: {geo:.3f} "
-                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print_geomeans(rows)
 
 
 def gpu_main(args) -> None:

@@ -1,7 +1,9 @@
-"""Timing and table output shared by the benchmarks (dense: tritonmla.bench.__main__, sparse: .sparse)."""
+"""Timing and table output shared by the benchmarks (dense: tritonmla.bench.__main__, sparse decode: .sparse,
+sparse prefill: .sparse_prefill)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -31,3 +33,13 @@ def write_rows(rows: list, csv_path: Optional[str], json_path: Optional[str]) ->
             w.writerows(asdict(r) for r in rows)
     if json_path:
         Path(json_path).write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+def print_geomeans(rows: list) -> None:
+    """The eager and CUDA-graph geomean ratios vs FlashMLA of rows with `ratio` / `graph_ratio` fields."""
+    for label, attr in (("eager", "ratio"), ("CUDA graph", "graph_ratio")):
+        ratios = [getattr(r, attr) for r in rows if getattr(r, attr)]
+        if ratios:
+            geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+            print(f"{label}: geomean ratio vs FlashMLA over {len(ratios)} cases: {geo:.3f} "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
