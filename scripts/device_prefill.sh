@@ -19,16 +19,8 @@ tail -2 $OUT/flashmla_build.log
 TRITONMLA_PREFILL_CONFIG=$best PYTHONPATH=$root:/tmp/flashmla timeout 150 python3 -m tritonmla.bench sparse-prefill \
   --compare flashmla --csv $OUT/prefill_bench.csv 2>$OUT/prefill_bench.err > $OUT/prefill_bench.log
 echo "config used: $best"
-cat > /tmp/san.py <<'PY'
-import torch, tritonmla
-from tritonmla.bench.sparse_prefill import make_prefill_inputs
-for d in (576, 512):
-    x = make_prefill_inputs(8, 300, 128, 64, d, sink=True, have_topk_length=True, seed=d)
-    tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs())
-torch.cuda.synchronize(); print("sanitize case done")
-PY
 for tool in memcheck racecheck synccheck; do
-  TRITONMLA_PREFILL_CONFIG=$best timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 python3 /tmp/san.py \
+  TRITONMLA_PREFILL_CONFIG=$best timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 python3 scripts/sanitize_prefill.py \
     > $OUT/san_$tool.log 2>&1; echo "$tool rc=$? $(tail -1 $OUT/san_$tool.log)"
 done
 if [ -d "$fm" ]; then
