@@ -153,6 +153,8 @@ def good():
     (dict(q=[1.0]), TypeError, "q must be a torch.Tensor"),
     (dict(q=lambda x: x.q.float()), TypeError, "q must have dtype"),
     (dict(q=lambda x: x.q[None]), ValueError, "q must be 3-D"),
+    (dict(q=lambda x: x.q[0, 0, 0]), ValueError, "q must be 3-D"),
+    (dict(indices=lambda x: x.indices[0, 0, 0]), ValueError, "indices must be 3-D"),
     (dict(q=lambda x: x.q[..., :500]), ValueError, "q head_dim must be 576"),
     (dict(kv=lambda x: x.kv.half()), TypeError, "kv dtype float16 must match q"),
     (dict(kv=lambda x: x.kv[..., :512]), ValueError, "kv head_dim"),

@@ -40,9 +40,9 @@ def flash_mla_sparse_fwd(
     nothing is attended) and lse [s_q, h_q] fp32 (natural-log sum-exp of the scaled logits, before the sink; +inf
     where nothing is attended, out 0 there).
     """
-    if type(q) is torch.Tensor and q.stride(-1) != 1:
+    if type(q) is torch.Tensor and q.dim() and q.stride(-1) != 1:
         q = q.contiguous()
-    if type(indices) is torch.Tensor and indices.stride(-1) != 1:
+    if type(indices) is torch.Tensor and indices.dim() and indices.stride(-1) != 1:
         indices = indices.contiguous()
     tracing = tracing_now()
     call = key = None
