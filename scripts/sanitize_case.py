@@ -1,7 +1,7 @@
 """A small decode step for compute-sanitizer (memcheck/racecheck/synccheck): varlen with empty requests, garbage in
 unused block-table entries, NaN in unused slots, page sizes 1, 64 and 128, causal s_q=4, splits and combine; each
-case on every kernel the GPU can run (the seesaw kernel at h_q 128); then two sparse FP8 decode steps
-(`--sparse-only`: just those)."""
+case on every kernel the GPU can run (the seesaw kernel at h_q 128; `--cute-only`: the CuTe DSL kernel alone);
+then two sparse FP8 decode steps (`--sparse-only`: just those)."""
 import sys
 
 import torch
@@ -13,8 +13,10 @@ from tritonmla.dense_decode import dispatch
 for page_size, heads_q in ((1, 16), (64, 128), (128, 16)) if "--sparse-only" not in sys.argv else ():
     x = make_decode_inputs([0, 700, 3, 129], 4, heads_q, 1, page_size, torch.bfloat16, "cuda")
     sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, 4 * heads_q, 1)
-    for kernel in ("portable", "hopper"):
+    for kernel in ("cute",) if "--cute-only" in sys.argv else ("portable", "hopper", "cute"):
         if kernel == "hopper" and dispatch.hopper_unsupported(x.q, x.k_cache):
+            continue
+        if kernel == "cute" and dispatch.cute_unsupported(x.q, x.k_cache):
             continue
         out, lse = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched,
                                                     splits, causal=True, kernel=kernel)
@@ -24,6 +26,9 @@ for page_size, heads_q in ((1, 16), (64, 128), (128, 16)) if "--sparse-only" not
         assert err < 2e-2, err
         print(f"{kernel}: page {page_size}, h_q {heads_q}: splits {(splits[1:] - splits[:-1]).tolist()} "
               f"max err {err:.1e} ok")
+
+if "--cute-only" in sys.argv:
+    sys.exit(0)
 
 # Sparse FP8 decode (tritonmla.sparse_decode): both layouts, odd page sizes, extra cache with lengths, sinks, NaN in
 # unused rows, garbage past topk_length, requests cut over several parts (the sink-aware combine).

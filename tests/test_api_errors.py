@@ -47,8 +47,9 @@ def call(args, **change):
     (lambda a: dict(softmax_scale="0.1"), TypeError, "softmax_scale"),
     (lambda a: dict(causal=1), TypeError, "causal must be a bool"),
     (lambda a: dict(kernel=1), TypeError, "kernel must be a str"),
-    (lambda a: dict(kernel="fast"), ValueError, "kernel must be one of auto, hopper, portable"),
+    (lambda a: dict(kernel="fast"), ValueError, "kernel must be one of auto, hopper, cute, portable"),
     (lambda a: dict(kernel="hopper"), ValueError, "kernel='hopper' cannot run here"),  # CPU, page 16
+    (lambda a: dict(kernel="cute"), ValueError, "kernel='cute' cannot run here"),
     (lambda a: dict(num_splits=a["num_splits"][:-1]), ValueError, "num_splits must be"),
     (lambda a: dict(num_splits=a["num_splits"].long()), TypeError, "num_splits must have dtype int32"),
     (lambda a: dict(num_splits=None), TypeError, "num_splits must be a torch.Tensor"),

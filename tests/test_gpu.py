@@ -31,10 +31,14 @@ PEAKED_OUT_TOL = dict(abs_tol=1.6e-2, rel_tol=2.01 / 128, cos_diff_tol=5e-6)
 PEAKED_LSE_TOL = dict(abs_tol=1e-5, rel_tol=8.01 / 65536)
 
 
-@pytest.fixture(params=["hopper", "portable"])
+@pytest.fixture(params=["hopper", "cute", "portable"])
 def kernel(request):
     if request.param == "hopper":
         why = dispatch.hopper_device(torch.device("cuda"))
+        if why is not None:
+            pytest.skip(why)
+    if request.param == "cute":
+        why = dispatch.cute_device(torch.device("cuda"))
         if why is not None:
             pytest.skip(why)
     return request.param
@@ -106,7 +110,7 @@ def test_page_sizes(page_size, dtype, kernel):
     gen = torch.Generator().manual_seed(page_size)
     seqlens = random_seqlens(gen, batch=9, max_len=3000, zeros=2)
     x = make_decode_inputs(seqlens, 2, 16, 1, page_size, dtype, "cuda", generator=torch.Generator("cuda"))
-    if kernel == "hopper" and page_size % 64:  # TMA tiles of 64 tokens: "auto" takes the portable kernel
+    if kernel in ("hopper", "cute") and page_size % 64:  # TMA tiles of 64 tokens: "auto" takes the portable one
         with pytest.raises(ValueError, match="page_size a multiple of 64"):
             check(x, 2, True, dtype, kernel, use_api=True)
         assert dispatch.choose("auto", x.q, x.k_cache) == "portable"

@@ -280,6 +280,9 @@ def _sparse_call(q, k_cache, head_dim_v, meta, num_splits, softmax_scale, causal
         if kernel is not None and not isinstance(kernel, str):
             raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
         dispatch.requested_kernel(kernel)  # ValueError for a bad name (TRITONMLA_KERNEL=hopper: dense only)
+        if kernel == "cute":
+            raise ValueError("kernel='cute' is dense decoding only so far; sparse decoding takes 'auto', 'hopper' "
+                             "or 'portable'")
         why = sparse_call.hopper_unsupported(q) if kernel == "hopper" else None
         if why is not None:
             raise ValueError(f"kernel='hopper' cannot run this sparse decoding: {why}")

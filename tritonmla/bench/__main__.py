@@ -1,6 +1,6 @@
 """Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
 
-    python -m tritonmla.bench [--quick] [--kernel both|auto|hopper|portable] [--compare flashmla] [--csv FILE]
+    python -m tritonmla.bench [--quick] [--kernel both|auto,hopper,cute,portable] [--compare flashmla] [--csv FILE]
                               [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
     python -m tritonmla.bench sparse-decode [...]    (sparse decoding over FP8 caches: tritonmla.bench.sparse)
     python -m tritonmla.bench sparse-prefill [...]   (sparse attention prefill: tritonmla.bench.sparse_prefill)
@@ -233,7 +233,7 @@ def gpu_main(args) -> None:
         if no_hopper:
             print(f"Hopper kernel not timed: {no_hopper}")
     else:
-        kernels = [args.kernel]
+        kernels = args.kernel.split(",")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"dtype {args.dtype}, kernels {', '.join(kernels)}, {time.strftime('%Y-%m-%d')}")
     rows = []
@@ -301,8 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m tritonmla.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only mean_sk=8192, fixed lengths")
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
-    p.add_argument("--kernel", choices=("both", "auto", "hopper", "portable"), default="both",
-                   help="which decode kernel(s) to time (default: both, side by side)")
+    p.add_argument("--kernel", default="both",
+                   help="which decode kernel(s) to time: both (Gluon Hopper and portable, side by side; the "
+                        "default) or a comma list of auto, hopper, cute, portable")
     p.add_argument("--compare", choices=("flashmla",), help="time FlashMLA beside us (needs flash_mla importable)")
     p.add_argument("--suite", choices=("seed", "head"), default="seed",
                    help="seed: FlashMLA's published H100 table (causal); head: FlashMLA HEAD's dense performance "
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overhead", action="store_true", help="CPU time per call of every path (and FlashMLA's)")
     p.add_argument("--first-call", action="store_true", help="first-call latency of fresh processes")
     args = p.parse_args(argv)
+    if args.kernel != "both" and not set(args.kernel.split(",")) <= {"auto", "hopper", "cute", "portable"}:
+        p.error(f"--kernel: both, or a comma list of auto, hopper, cute, portable; got {args.kernel!r}")
     if torch.cuda.is_available() and (args.overhead or args.first_call):
         from tritonmla.bench import host
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")

@@ -1,5 +1,5 @@
-"""What every operation's kernel choice shares: the `kernel` argument ("auto", "hopper", "portable", or
-TRITONMLA_KERNEL), whether Gluon is importable, and whether a device can run a Hopper (SM90) kernel at all. Each
+"""What every operation's kernel choice shares: the `kernel` argument ("auto", "hopper", "cute", "portable", or
+TRITONMLA_KERNEL; "cute" names the CuTe DSL Hopper kernel, dense decoding only so far), whether Gluon is importable, and whether a device can run a Hopper (SM90) kernel at all. Each
 operation decides from these which of its kernels runs (tritonmla.dense_decode.dispatch,
 tritonmla.sparse_decode.call)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from .runtime import interpreter_enabled
 
-KERNELS = ("auto", "hopper", "portable")
+KERNELS = ("auto", "hopper", "cute", "portable")
 
 try:  # Gluon ships with triton >= 3.5; the kernels are written against 3.6
     from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: F401

@@ -1,8 +1,9 @@
-"""Which dense decode kernel runs: the Gluon Hopper kernel (kernel_sm90) or the portable Triton one
-(kernel_portable).
+"""Which dense decode kernel runs: the Gluon Hopper kernel (kernel_sm90), the CuTe DSL Hopper kernel
+(kernel_sm90_cute) or the portable Triton one (kernel_portable).
 
-kernel="auto" (the default) takes the Hopper kernel when the inputs allow it (hopper_unsupported returns None),
-else the portable kernel; "hopper" insists (a clear ValueError says why it cannot run); "portable" forces the
+kernel="auto" (the default) takes the Gluon Hopper kernel when the inputs allow it (hopper_unsupported returns
+None), else the portable kernel; "hopper" insists (a clear ValueError says why it cannot run); "cute" takes the
+CuTe DSL kernel (a ValueError says why it cannot run: CuTe DSL missing, inputs outside it); "portable" forces the
 portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one (tritonmla.core.hopper).
 Which kernel a configuration runs is decided on its first call (tritonmla.dense_decode.call); a Gluon build
 failure there falls back to portable.
@@ -16,6 +17,7 @@ import torch
 
 from ..core.constants import D_QK
 from ..core.hopper import GLUON_ERROR, hopper_device, requested_kernel
+from ..core.runtime import interpreter_enabled
 
 HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (kernel_sm90.BLOCK_M)
 
@@ -27,9 +29,9 @@ else:
 _hopper_failed: Optional[str] = None  # set when "auto" saw the Hopper kernel fail to compile
 
 
-def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
+def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor, device_checked: bool = False) -> Optional[str]:
     """None if these inputs can take the Hopper kernel, else the reason (for errors and the support matrix)."""
-    why = hopper_device(q.device)
+    why = None if device_checked else hopper_device(q.device)
     if why is not None:
         return why
     num_blocks, page_size, heads_kv, d = k_cache.shape
@@ -45,16 +47,51 @@ def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
     return None
 
 
+def cute_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
+    """None if these inputs can take the CuTe DSL kernel, else the reason."""
+    why = cute_device(q.device)
+    if why is not None:
+        return why
+    why = hopper_unsupported(q, k_cache, device_checked=True)
+    return None if why is None else why.replace("the Hopper kernel", "the CuTe kernel")
+
+
+def cute_error() -> Optional[str]:
+    from ..core.cute_runtime import cute_error as error  # lazy: CuTe DSL is optional
+    return error()
+
+
+def cute_device(device: torch.device) -> Optional[str]:
+    """None if `device` can run the CuTe DSL kernel (SM90, CuTe DSL importable), else why not."""
+    why = cute_error()
+    if why is not None:
+        return why
+    if device.type != "cuda" or interpreter_enabled():
+        return "the CuTe kernel needs a CUDA device (not the interpreter)"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) != (9, 0):
+        return f"the CuTe kernel needs compute capability 9.0, {device} has {torch.cuda.get_device_capability(index)}"
+    return None
+
+
 def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:
-    """Whether get_mla_metadata should size its plan for the Hopper kernel (64-row blocks, one part per SM)."""
-    return requested_kernel(kernel) != "portable" and hopper_device(device) is None and _hopper_failed is None
+    """Whether get_mla_metadata should size its plan for a Hopper kernel (64-row blocks, one part per SM)."""
+    choice = requested_kernel(kernel)
+    if choice == "cute":
+        return cute_device(device) is None
+    return choice != "portable" and hopper_device(device) is None and _hopper_failed is None
 
 
 def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str:
-    """'hopper' or 'portable' for this call."""
+    """'hopper', 'cute' or 'portable' for this call."""
     choice = requested_kernel(kernel)
     if choice == "portable":
         return "portable"
+    if choice == "cute":
+        why = cute_unsupported(q, k_cache)
+        if why is not None:
+            raise ValueError(f"kernel='cute' cannot run here: {why}")
+        return "cute"
     why = hopper_unsupported(q, k_cache)
     if choice == "hopper":
         if why is not None:

@@ -54,6 +54,8 @@ class SparseCall:
         # The Gluon kernel where it can run; "portable" forces the other, "hopper" insists (a build failure
         # raises instead of falling back).
         requested = requested_kernel(kernel)
+        if requested == "cute":  # no CuTe sparse kernel yet (TRITONMLA_KERNEL=cute): the default choice
+            requested = "auto"
         self.insist = requested == "hopper"
         self.hopper = requested != "portable" and hopper_unsupported(q) is None
         self.softmax_scale = softmax_scale

@@ -1,0 +1,26 @@
+"""CPU checks of the CuTe DSL Hopper kernels (no GPU needed): every shipped variant compiles for sm_90a, and its
+SASS has what the schedule depends on (wgmma, TMA, the register re-split, stmatrix) and no local-memory spills. A
+regression in the kernel's code shows here without a device; correctness and speed are the device's (test_gpu.py
+with kernel="cute", scripts/device_cute.sh)."""
+from __future__ import annotations
+
+import pytest
+
+from tritonmla.core import cute_runtime
+
+if cute_runtime.cute_error() is not None:
+    pytest.skip(f"CuTe DSL unavailable: {cute_runtime.cute_error()}", allow_module_level=True)
+
+
+@pytest.mark.parametrize("dtype,page_size", [("bf16", 64), ("fp16", 64), ("bf16", 256)])
+def test_dense_decode_compiles_to_the_schedule(dtype, page_size):
+    from tritonmla.dense_decode import kernel_sm90_cute
+    facts = kernel_sm90_cute.compile_offline(dtype, page_size)
+    (kernel,) = facts["kernels"].values()
+    ops = kernel["opcodes"]
+    # S: 2 warpgroups x 36 wgmma k-steps (9 boxes x 4); P V: 2 x (4 from registers + 4 from shared memory).
+    assert facts["hgmma"] == 88, ops
+    assert facts["utmaldg"] >= 9, ops  # one TMA load per 64 x 64 box of a K tile
+    assert facts["usetmaxreg"] == 2, ops  # producer down, consumers up
+    assert facts["stsm"] >= 8, ops  # P handed over with stmatrix
+    assert facts["ldl"] == 0 and facts["stl"] == 0 and kernel["frame_bytes"] == 0, f"local memory: {kernel}"

@@ -1,0 +1,660 @@
+"""Hopper (SM90) MLA decode kernel in CUTLASS's CuTe DSL: FlashMLA's "seesaw" schedule, warp-specialized.
+Same plan walk, split-KV partials, causal mask and combine protocol as the Gluon kernels (kernel_sm90*.py).
+
+Math (online softmax, log2 domain), per query row and the keys k_j of its request, V = k_j[:512]:
+    s_j = scale*log2e * q.k_j,  m' = max(m, rowmax s),  l' = l 2^(m-m') + sum_j 2^(s_j-m'),
+    o' = o 2^(m-m') + sum_j 2^(s_j-m') v_j;   out = o / l,  lse = (m + log2 l) ln 2.
+
+Seesaw (FlashMLA, docs/20250422-new-kernel-deep-dive.md): the 64 x 512 fp32 output is split into O_L (columns
+0..255, warpgroup 0) and O_R (256..511, warpgroup 1). KV tiles come in pairs (A, B); each warpgroup computes the
+full 64 x 64 scores of its own tile, so the two S products run at the same time. Per pair, m the shared running max:
+    [0] S_A = Q K_A^T;  m_A = max(m, rowmax S_A);  P_A = 2^(S_A - m_A);  O_L = O_L 2^(m - m_A) + P_A V_A,L
+    [1] S_B = Q K_B^T;  m_B = max(m_A, rowmax S_B);  P_B = 2^(S_B - m_B);
+        O_R = O_R 2^(m - m_B) + P_B V_B,R + (P_A 2^(m_A - m_B)) V_A,R
+    [0] O_L = O_L 2^(m_A - m_B) + P_B V_B,L;   m = m_B
+Each warpgroup keeps the row sum l of the P it made; the two are added at the end. A warpgroup's own P is the
+register A operand of its wgmma; the other's comes through shared memory, written with stmatrix over the RoPE box
+of its K tile (no longer needed once S is done).
+
+Threads: warpgroup 0 and 1 consume (240 registers each by setmaxnreg), warpgroup 2 produces (one warp issues the
+TMA loads; 24 registers). Shared memory: Q [64, 576], two K slots [64, 576] (V is the first 512 columns of the
+same tile, read through a transposed view: one copy of each cache row), each slot 9 TMA boxes of 64 x 64 with one
+mbarrier per box so S starts as the first box lands. A slot is released in two groups of 4 boxes (+ the RoPE box)
+by per-thread mbarrier arrivals (count 128: every consumer thread arrives after its own wgmma wait, so no
+warpgroup barrier precedes a release). Hand-offs between the warpgroups (m_A, m_B, P_A, P_B, the row sums, Q) go
+through mbarriers the same way: every writing thread arrives after its own writes (and, for what a wgmma reads, a
+proxy fence), the readers wait on the phase, so each write is ordered before the reads by the PTX memory model
+(compute-sanitizer racecheck: 0 hazards; the named-barrier version drew 15 reports). Re-writes are ordered by the
+opposite hand-off of the same pair.
+Tail tiles (unused cache slots may hold NaN, and 0 * NaN would poison P V) are zeroed in shared memory by the
+warpgroup that owns the tile before any wgmma reads them. Page ids are clamped into [0, num_blocks).
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64, const_expr
+from cutlass.cute.nvgpu import cpasync, warpgroup
+import cutlass.utils.hopper_helpers as sm90_utils
+
+from ..core.constants import D_QK, D_V, SCHED_ROW
+
+BLOCK_M = 64  # query rows per CTA: the wgmma M of one warpgroup
+BLOCK_N = 64  # tokens per KV tile = one TMA box height = PLAN_TILE
+BOX = 64  # columns per TMA box (128 bytes: the swizzle width)
+QK_BOXES = D_QK // BOX  # 9
+V_BOXES = D_V // BOX  # 8
+HALF = D_V // 2  # output columns per consumer warpgroup
+HALF_BOXES = V_BOXES // 2
+SLOT_ELEMS = BLOCK_N * D_QK  # one K slot
+THREADS = 384
+CONSUMER_REGS = 240
+PRODUCER_REGS = 24
+# Hand-off mbarriers between the consumer warpgroups (every thread of the writing warpgroup arrives after its
+# own writes; the readers wait on the phase): m_A and P_A (0 -> 1), m_B and P_B (1 -> 0), count 128 each;
+# Q stored and row sums stored, count 256 (both warpgroups write and read).
+H_M_A, H_M_B, H_P_A, H_Q, H_L = 0, 1, 2, 3, 4
+BAR_WG = 1  # + role: named barrier over one consumer warpgroup (128 threads), for tail zeroing
+# L2 policy of the K tile loads (CUTLASS's CacheHintSm90): EVICT_FIRST as FlashMLA (whose notes report better L2 hit
+# rates; on H200 here no difference beyond noise, scripts/cute_ab.py).
+EVICT_FIRST, EVICT_NORMAL = 0x12F0000000000000, 0x1000000000000000
+TMA_CACHE_POLICY = EVICT_FIRST
+
+
+def _sync(bar: int, n: int) -> None:
+    cute.arch.inline_ptx(f"bar.sync {bar}, {n};")
+
+
+def qk_tiled_mma(dtype) -> cute.TiledMma:
+    """S = Q K^T: both operands K-major in shared memory, N = 64 tokens."""
+    return sm90_utils.make_trivial_tiled_mma(dtype, dtype, cute.nvgpu.OperandMajorMode.K, cute.nvgpu.OperandMajorMode.K,
+                                             Float32, (1, 1, 1), (BLOCK_M, BLOCK_N))
+
+
+def pv_tiled_mma(dtype, p_in_registers: bool) -> cute.TiledMma:
+    """O += P V: P from registers (this warpgroup's) or shared memory (the other's), V MN-major, N = 256."""
+    source = warpgroup.OperandSource.RMEM if p_in_registers else warpgroup.OperandSource.SMEM
+    return sm90_utils.make_trivial_tiled_mma(dtype, dtype, cute.nvgpu.OperandMajorMode.K,
+                                             cute.nvgpu.OperandMajorMode.MN, Float32, (1, 1, 1), (BLOCK_M, HALF),
+                                             source)
+
+
+@cute.jit
+def _vector(dtype, addr, n: cutlass.Constexpr):
+    """n elements at a global address known to be aligned to their size (one vector access)."""
+    ptr = cute.make_ptr(dtype, addr, cute.AddressSpace.gmem, assumed_align=n * dtype.width // 8)
+    return cute.make_tensor(ptr, cute.make_layout(n))
+
+
+class MlaDecodeSm90:
+    """One compiled variant per (dtype, page_size, L2 policy of the K loads); heads_kv and causal are runtime
+    arguments."""
+
+    def __init__(self, dtype, page_size: int, cache_policy: int = TMA_CACHE_POLICY):
+        assert page_size % BLOCK_N == 0
+        self.dtype = dtype
+        self.page_size = page_size
+        self.cache_policy = cache_policy
+
+    # ---------------------------------------------------------------- host side (traced once per variant)
+    @cute.jit
+    def __call__(self, q_ptr: cute.Pointer, k_ptr: cute.Pointer, bt_ptr: cute.Pointer, seq_ptr: cute.Pointer,
+                 sched_ptr: cute.Pointer, splits_ptr: cute.Pointer, o_ptr: cute.Pointer, lse_ptr: cute.Pointer,
+                 op_ptr: cute.Pointer, lp_ptr: cute.Pointer, scale_log2: Float32, batch: Int32, seq_q: Int32,
+                 heads_per_kv: Int32, heads_kv: Int32, causal: Int32, sqb8: Int64, sqs8: Int64, sqh8: Int64, stride_btb: Int32, max_pages: Int32, num_blocks: Int32,
+                 slots: Int32, num_parts: Int32, stream):
+        """Pointers and sizes only (no tensor objects: cheap to call). q's strides come in units of 8 elements so
+        its rows load 16 bytes at a time; out, lse and the partials are contiguous."""
+        heads_q = heads_per_kv * heads_kv
+        rows = seq_q * heads_per_kv
+        sqb, sqs, sqh = sqb8 * 8, sqs8 * 8, sqh8 * 8
+        seqlen_cap = max_pages * self.page_size
+        mQ = cute.make_tensor(q_ptr, cute.make_layout((batch, seq_q, heads_q, D_QK), stride=(sqb, sqs, sqh, 1)))
+        mBT = cute.make_tensor(bt_ptr, cute.make_layout((batch, max_pages), stride=(stride_btb, 1)))
+        mSeq = cute.make_tensor(seq_ptr, cute.make_layout(batch))
+        mSched = cute.make_tensor(sched_ptr, cute.make_layout((num_parts, SCHED_ROW), stride=(SCHED_ROW, 1)))
+        mNumSplits = cute.make_tensor(splits_ptr, cute.make_layout(batch + 1))
+        mO = cute.make_tensor(o_ptr, cute.make_layout((batch, seq_q, heads_q, D_V),
+                                                      stride=(Int64(seq_q) * heads_q * D_V, heads_q * D_V, D_V, 1)))
+        mLse = cute.make_tensor(lse_ptr, cute.make_layout((batch, heads_q, seq_q),
+                                                          stride=(heads_q * seq_q, seq_q, 1)))
+        mOp = cute.make_tensor(op_ptr, cute.make_layout((slots, heads_kv, rows, D_V),
+                                                        stride=(Int64(heads_kv) * rows * D_V, rows * D_V, D_V, 1)))
+        mLp = cute.make_tensor(lp_ptr, cute.make_layout((slots, heads_kv, rows),
+                                                        stride=(heads_kv * rows, rows, 1)))
+        m_blocks = (rows + BLOCK_M - 1) // BLOCK_M
+        dtype = self.dtype
+        k_atom = warpgroup.make_smem_layout_atom(warpgroup.SmemLayoutAtomKind.K_SW128, dtype)
+        swz = k_atom.inner
+        # One box [64 tokens, 64 columns], 128-byte swizzle: 8 atoms of 8 rows down the tokens.
+        box_layout = cute.make_composed_layout(swz, 0, cute.make_layout(((8, 8), BOX), stride=((BOX, 8 * BOX), 1)))
+        # K slots [64 tokens, 576 columns, 2]: box c of slot s is 4096 contiguous elements at s*SLOT + c*4096.
+        k_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES), 2),
+                                   stride=((BOX, 8 * BOX), (1, BLOCK_N * BOX), SLOT_ELEMS))
+        # Q [64 rows, 576] in the same arrangement.
+        q_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES)), stride=((BOX, 8 * BOX), (1, BLOCK_M * BOX)))
+        # V view of the same slots: [512 columns, 64 tokens, 2], columns contiguous (MN-major B operand).
+        v_outer = cute.make_layout(((BOX, V_BOXES), (8, 8), 2),
+                                   stride=((1, BLOCK_N * BOX), (BOX, 8 * BOX), SLOT_ELEMS))
+
+        # The cache as TMA sees it: [num_blocks * page_size, heads_kv * 576].
+        mK2 = cute.make_tensor(k_ptr, cute.make_layout((num_blocks * self.page_size, heads_kv * D_QK),
+                                                       stride=(heads_kv * D_QK, 1)))
+        tma_atom, tma_k = cpasync.make_tiled_tma_atom(cpasync.CopyBulkTensorTileG2SOp(), mK2, box_layout,
+                                                      (BLOCK_N, BOX))
+
+        qk_mma = qk_tiled_mma(dtype)
+        pv_mma_rs = pv_tiled_mma(dtype, True)
+        pv_mma_ss = pv_tiled_mma(dtype, False)
+
+        @cute.struct
+        class Storage:
+            ready: cute.struct.MemRange[Int64, 2 * QK_BOXES]
+            empty: cute.struct.MemRange[Int64, 4]  # [slot * 2 + group]
+            hand: cute.struct.MemRange[Int64, 5]
+            rows: cute.struct.MemRange[Float32, 4 * BLOCK_M]  # m_A, m_B, l of warpgroup 0, l of warpgroup 1
+            sQ: cute.struct.Align[cute.struct.MemRange[dtype, BLOCK_M * D_QK], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[dtype, 2 * SLOT_ELEMS], 1024]
+
+        self.kernel(mQ, tma_atom, tma_k, mBT, mSeq, mSched, mNumSplits, mO, mLse, mOp, mLp,
+                    scale_log2, seq_q, heads_per_kv, causal, seqlen_cap, num_blocks,
+                    qk_mma, pv_mma_rs, pv_mma_ss, box_layout, k_outer, q_outer, v_outer, swz, Storage).launch(
+            grid=[m_blocks, heads_kv, num_parts], block=[THREADS, 1, 1], smem=Storage.size_in_bytes(),
+            stream=stream)
+
+    # ---------------------------------------------------------------- device side
+    @cute.kernel
+    def kernel(self, mQ: cute.Tensor, tma_atom: cute.CopyAtom, tma_k: cute.Tensor, mBT: cute.Tensor,
+               mSeq: cute.Tensor, mSched: cute.Tensor, mNumSplits: cute.Tensor, mO: cute.Tensor, mLse: cute.Tensor,
+               mOp: cute.Tensor, mLp: cute.Tensor, scale_log2: Float32, seq_q: Int32, heads_per_kv: Int32,
+               causal: Int32, seqlen_cap: Int32, num_blocks: Int32, qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma,
+               pv_mma_ss: cute.TiledMma, box_layout: cute.ComposedLayout, k_outer: cute.Layout,
+               q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
+        tidx, _, _ = cute.arch.thread_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = warp // 4
+        smem = cutlass.memory.SmemAllocator()
+        st = smem.allocate(Storage)
+        ready = st.ready.data_ptr()
+        empty = st.empty.data_ptr()
+        hand = st.hand.data_ptr()
+        if warp == 0:
+            with cute.arch.elect_one():
+                for i in cutlass.range_constexpr(2 * QK_BOXES):
+                    cute.arch.mbarrier_init(ready + i, 1)
+                for i in cutlass.range_constexpr(4):
+                    cute.arch.mbarrier_init(empty + i, 128)
+                for i in cutlass.range_constexpr(3):
+                    cute.arch.mbarrier_init(hand + i, 128)
+                for i in cutlass.range_constexpr(3, 5):
+                    cute.arch.mbarrier_init(hand + i, 256)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        # The swizzle lives in the pointer (wgmma descriptors want an affine layout on a swizzled pointer).
+        sQ = cute.make_tensor(cute.recast_ptr(st.sQ.data_ptr(), swz), q_outer)
+        sK = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), k_outer)
+        sV = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), v_outer)
+        sRows = st.rows.get_tensor(cute.make_layout((BLOCK_M, 4), stride=(1, BLOCK_M)))
+
+        part = cute.arch.block_idx()[2]
+        begin_req = mSched[part, 0]
+        begin_tile = mSched[part, 1]
+        end_req = mSched[part, 2]
+        end_tile = mSched[part, 3]
+        begin_split = mSched[part, 4]
+
+        if wg == 2:
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            if warp == 8:
+                self.producer(tma_atom, tma_k, sK, mBT, mSeq, ready, empty, begin_req, begin_tile, end_req,
+                              end_tile, seqlen_cap, num_blocks)
+        else:
+            cute.arch.setmaxregister_increase(CONSUMER_REGS)
+            args = (mQ, mSeq, mNumSplits, mO, mLse, mOp, mLp, sQ, sK, sV, sRows, ready, empty, hand, qk_mma, pv_mma_rs,
+                    pv_mma_ss, scale_log2, seq_q, heads_per_kv, causal, seqlen_cap, begin_req, begin_tile, end_req,
+                    end_tile, begin_split)
+            if wg == 0:  # the role is a compile-time constant of each branch
+                self.consumer(0, *args)
+            else:
+                self.consumer(1, *args)
+
+    @cute.jit
+    def request_tiles(self, mSeq: cute.Tensor, b: Int32, begin_req: Int32, begin_tile: Int32, end_req: Int32,
+                      end_tile: Int32, seqlen_cap: Int32):
+        """Request b's part in this plan row (as kernel_portable.request_tiles): seqlen clamped to
+        [0, seqlen_cap], the part's tokens [lo, hi), its tile count, and whether the part writes the output."""
+        seqlen = cutlass.min(cutlass.max(mSeq[b], 0), seqlen_cap)
+        lo = Int32(0)
+        if b == begin_req:
+            lo = begin_tile * BLOCK_N
+        hi_tiles = (seqlen + BLOCK_N - 1) // BLOCK_N
+        if b == end_req:
+            hi_tiles = end_tile
+        hi = cutlass.min(hi_tiles * BLOCK_N, seqlen)
+        n_tiles = (cutlass.max(hi - lo, 0) + BLOCK_N - 1) // BLOCK_N
+        has_work = (hi > lo) or (seqlen == 0)
+        return seqlen, lo, hi, n_tiles, has_work
+
+    # ---------------------------------------------------------------- producer: one warp of TMA
+    @cute.jit
+    def producer(self, tma_atom, tma_k, sK, mBT, mSeq, ready, empty, begin_req, begin_tile, end_req, end_tile,
+                 seqlen_cap, num_blocks):
+        kv_head = cute.arch.block_idx()[1]
+        # Boxes: gK[(box elems), row tile, column box]; sK boxes[(box elems), column box, slot].
+        gK = cute.flat_divide(tma_k, (BLOCK_N, BOX))
+        sKb = cute.flat_divide(sK, (BLOCK_N, BOX))  # (64, 64, 1, 9, 2)
+        tKsK, tKgK = cpasync.tma_partition(tma_atom, 0, cute.make_layout(1), cute.group_modes(sKb, 0, 2),
+                                           cute.group_modes(gK, 0, 2))
+        box_bytes = BLOCK_N * BOX * self.dtype.width // 8
+        fills_a = Int32(0)  # fills of slot 0 / 1 so far: the k-th fill waits for the (k-1)-th release
+        fills_b = Int32(0)
+        for b in cutlass.range(begin_req, end_req + 1, unroll=1):
+            seqlen, lo, hi, n_tiles, has_work = self.request_tiles(mSeq, b, begin_req, begin_tile, end_req,
+                                                                   end_tile, seqlen_cap)
+            for t in cutlass.range(n_tiles, unroll=1):
+                start = lo + t * BLOCK_N
+                page = cutlass.min(cutlass.max(mBT[b, start // self.page_size], 0), num_blocks - 1)
+                row_tile = (page * self.page_size + start % self.page_size) // BLOCK_N
+                slot = t % 2
+                fills = fills_a + t // 2
+                if slot == 1:
+                    fills = fills_b + t // 2
+                phase = (fills & 1) ^ 1
+                # First the V half only the owning warpgroup reads, then the other half and the RoPE box.
+                for g in cutlass.range_constexpr(2):
+                    cute.arch.mbarrier_wait(empty + slot * 2 + g, phase)
+                    for i in cutlass.range_constexpr(HALF_BOXES + g):
+                        c = (i + (slot + g) * HALF_BOXES) % V_BOXES
+                        if i == HALF_BOXES:
+                            c = V_BOXES
+                        bar = ready + slot * QK_BOXES + c
+                        with cute.arch.elect_one():
+                            cute.arch.mbarrier_arrive_and_expect_tx(bar, box_bytes)
+                        cute.copy(tma_atom, tKgK[None, row_tile, kv_head * QK_BOXES + c], tKsK[None, 0, c, slot],
+                                  tma_bar_ptr=bar, cache_policy=Int64(self.cache_policy))
+            fills_a += (n_tiles + 1) // 2
+            fills_b += n_tiles // 2
+
+    # ---------------------------------------------------------------- consumers
+    @cute.jit
+    def consumer(self, role: cutlass.Constexpr, mQ, mSeq, mNumSplits, mO, mLse, mOp, mLp, sQ, sK, sV, sRows,
+                 ready, empty, hand, qk_mma, pv_mma_rs, pv_mma_ss, scale_log2, seq_q, heads_per_kv, causal, seqlen_cap,
+                 begin_req, begin_tile, end_req, end_tile, begin_split):
+        """Warpgroup `role`: owns output columns [role*256, role*256 + 256) and tile A (0) / B (1) of each pair."""
+        tidx, _, _ = cute.arch.thread_idx()
+        t = tidx % 128
+        lane = t % 32
+        m_block = cute.arch.block_idx()[0]
+        kv_head = cute.arch.block_idx()[1]
+        n_rows = seq_q * heads_per_kv
+        # This thread's accumulator rows: r0 and r0 + 8 (shared with the other 3 threads of its quad); its
+        # columns: 8 g + 2 (lane % 4) + v.
+        r0 = (t // 32) * 16 + lane // 4
+        c0 = 2 * (lane % 4)
+
+        qk = qk_mma.get_slice(t)
+        tSrQ = qk.make_fragment_A(qk.partition_A(sQ))  # (MMA, 1, 36): one k-step of 16 columns each
+        pv_rs = pv_mma_rs.get_slice(t)
+        pv_ss = pv_mma_ss.get_slice(t)
+        uses_a = Int32(0)  # uses of slot 0 / 1 so far: the phase of their `ready` barriers
+        uses_b = Int32(0)
+        n_req = Int32(0)  # requests so far: the phase of the Q / row-sum barriers
+        for b in cutlass.range(begin_req, end_req + 1, unroll=1):
+            seqlen, lo, hi, n_tiles, has_work = self.request_tiles(mSeq, b, begin_req, begin_tile, end_req,
+                                                                   end_tile, seqlen_cap)
+            # Q of this request: each warpgroup stores alternate boxes. Both finished every wgmma on the previous
+            # request's Q before they met at its row sums (H_L in the epilogue), so Q is free.
+            self.load_q(role, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv)
+            cute.arch.fence_proxy("async.shared", space="cta")
+            cute.arch.mbarrier_arrive(hand + H_Q)
+            cute.arch.mbarrier_wait(hand + H_Q, n_req & 1)
+
+            key_end = cute.make_rmem_tensor((2,), Int32)
+            for h in cutlass.range_constexpr(2):
+                key_end[h] = seqlen
+                if causal != 0:  # bottom-right: query q_pos sees keys < seqlen - (seq_q - 1 - q_pos)
+                    key_end[h] = seqlen - (seq_q - 1 - (m_block * BLOCK_M + r0 + 8 * h) // heads_per_kv)
+            m_i = cute.make_rmem_tensor((2,), Float32)
+            l_i = cute.make_rmem_tensor((2,), Float32)
+            m_i.fill(-Float32.inf)
+            l_i.fill(0.0)
+            acc_o = pv_rs.make_fragment_C(pv_rs.partition_shape_C((BLOCK_M, HALF)))
+            acc_o.fill(0.0)
+            for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
+                start_a = lo + 2 * j * BLOCK_N
+                start_b = start_a + BLOCK_N
+                has_b = start_b < hi
+                phase_a = uses_a & 1
+                phase_b = uses_b & 1
+                if const_expr(role == 0):
+                    self.pair_role0(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss,
+                                    pv_mma_ss, ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end,
+                                    scale_log2, phase_a, phase_b)
+                else:
+                    self.pair_role1(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss,
+                                    pv_mma_ss, ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end,
+                                    scale_log2, phase_a, phase_b)
+                uses_a += 1
+                if has_b:
+                    uses_b += 1
+            self.epilogue(role, t, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv, has_work, mNumSplits,
+                          mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, n_req & 1, begin_req, begin_split)
+            n_req += 1
+
+    @cute.jit
+    def load_q(self, role: cutlass.Constexpr, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv):
+        """Rows m_block*64 .. +64 of request b's queries (row r = q_pos * heads_per_kv + head in group) into sQ,
+        16 bytes per thread and step; rows past the request are zeros. This warpgroup takes boxes c % 2 == role."""
+        col8 = (t % 8) * 8
+        for k in cutlass.range_constexpr(BLOCK_M // 16):
+            row = t // 8 + 16 * k
+            row_g = m_block * BLOCK_M + row
+            q_pos = row_g // heads_per_kv
+            head = kv_head * heads_per_kv + row_g % heads_per_kv
+            row_addr = mQ[b, q_pos, head, None].iterator.toint()  # q's rows are 16-byte aligned (BoundCute)
+            for c in cutlass.range_constexpr(role, QK_BOXES, 2):
+                frag = cute.make_rmem_tensor((8,), self.dtype)
+                frag.fill(0.0)
+                if row_g < n_rows:
+                    src = _vector(self.dtype, row_addr + (c * BOX + col8) * (self.dtype.width // 8), 8)
+                    cute.autovec_copy(src, frag)
+                cute.autovec_copy(frag, cute.local_tile(sQ[row, None], (8,), (c * 8 + t % 8,)))
+
+    @cute.jit
+    def scores(self, role: cutlass.Constexpr, slot: cutlass.Constexpr, t, sK, tSrQ, qk, qk_mma, ready, phase,
+               valid):
+        """S = Q K^T of the tile in `slot`, one group of 4 wgmmas per box as it lands (the producer's order);
+        rows >= valid of a tail tile are zeroed first."""
+        qk_mma = qk_tiled_mma(self.dtype)  # a local copy: its ACCUMULATE field changes below
+        acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
+        tSrK = qk.make_fragment_B(qk.partition_B(sK[None, None, slot]))  # (MMA, 1, 36)
+        for i in cutlass.range_constexpr(QK_BOXES):
+            c = V_BOXES
+            if const_expr(i < V_BOXES):
+                c = (i + slot * HALF_BOXES) % V_BOXES
+            cute.arch.mbarrier_wait(ready + slot * QK_BOXES + c, phase)
+            if valid < BLOCK_N:
+                box = sK[None, (None, c), slot]
+                for k in cutlass.range_constexpr(BLOCK_N * BOX // 8 // 128):
+                    chunk = t + k * 128
+                    row = chunk // 8
+                    if row >= valid:
+                        zeros = cute.make_rmem_tensor((8,), self.dtype)
+                        zeros.fill(0.0)
+                        cute.autovec_copy(zeros, cute.local_tile(box[row, None], (8,), (chunk % 8,)))
+                cute.arch.fence_proxy("async.shared", space="cta")  # generic writes, read next by wgmma
+                _sync(BAR_WG + role, 128)
+            warpgroup.fence()
+            for kk in cutlass.range_constexpr(BOX // 16):
+                qk_mma.set(warpgroup.Field.ACCUMULATE, i + kk > 0)
+                cute.gemm(qk_mma, acc_s, tSrQ[None, None, c * 4 + kk], tSrK[None, None, c * 4 + kk], acc_s)
+            warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        return acc_s
+
+    @cute.jit
+    def masked_scores(self, acc_s, lane, c0, start, hi, key_end, scale_log2):
+        """Scale to the log2 domain; keys past the part's end or the causal edge get -inf."""
+        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        for h in cutlass.range_constexpr(2):
+            end = cutlass.min(hi, key_end[h])
+            if start + BLOCK_N <= end:  # all visible: every tile but the last one or two
+                for j in cutlass.range_constexpr(BLOCK_N // 4):
+                    s_mn[h, j] = s_mn[h, j] * scale_log2
+            else:
+                for g in cutlass.range_constexpr(BLOCK_N // 8):
+                    for v in cutlass.range_constexpr(2):
+                        x = s_mn[h, (v, g)] * scale_log2
+                        if start + 8 * g + c0 + v >= end:
+                            x = -Float32.inf
+                        s_mn[h, (v, g)] = x
+        return s_mn
+
+    @cute.jit
+    def row_max(self, s_mn, m_prev, h: cutlass.Constexpr):
+        m = m_prev[h]
+        for g in cutlass.range_constexpr(BLOCK_N // 8):
+            for v in cutlass.range_constexpr(2):
+                m = cute.arch.fmax(m, s_mn[h, (v, g)])
+        m = cute.arch.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
+        m = cute.arch.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
+        return m
+
+    @cute.jit
+    def exp_rows(self, s_mn, m_new, l_i):
+        """P = 2^(S - m) in place; this thread's share of the row sums is added to l_i."""
+        for h in cutlass.range_constexpr(2):
+            m = m_new[h]
+            if m == -Float32.inf:  # a row with nothing visible yet subtracts 0: 2^(-inf - 0) = 0
+                m = Float32(0.0)
+            acc = Float32(0.0)
+            for g in cutlass.range_constexpr(BLOCK_N // 8):
+                for v in cutlass.range_constexpr(2):
+                    p = cute.math.exp2(s_mn[h, (v, g)] - m, fastmath=True)
+                    s_mn[h, (v, g)] = p
+                    acc += p
+            l_i[h] += acc
+
+    @cute.jit
+    def rescale(self, acc_o, l_i, factor):
+        o_mn = cute.make_tensor(acc_o.iterator, cute.make_layout((2, (2, HALF // 8)), stride=(2, (1, 4))))
+        for h in cutlass.range_constexpr(2):
+            l_i[h] *= factor[h]
+            for g in cutlass.range_constexpr(HALF // 8):
+                for v in cutlass.range_constexpr(2):
+                    o_mn[h, (v, g)] *= factor[h]
+
+    @cute.jit
+    def to_operand(self, acc_s):
+        """P (the S accumulator, f32) as the A operand of P V in registers: same element order, 16-bit."""
+        frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, BLOCK_N // 16), stride=((1, 2, 4), 0, 8)),
+                                     self.dtype)
+        cute.make_tensor(frag.iterator, acc_s.layout).store(acc_s.load().to(self.dtype))
+        return frag
+
+    @cute.jit
+    def store_p(self, acc_s, qk_mma, t, sK, slot: cutlass.Constexpr, factor):
+        """P (times factor per row) into slot's RoPE box, [64 rows, 64 tokens] K-major: the other warpgroup's
+        A operand. stmatrix: each warp writes its 16 rows as 8x8 matrices, 16 bytes per thread and instruction."""
+        p = cute.make_rmem_tensor(acc_s.layout, self.dtype)
+        p_mn = cute.make_tensor(p.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        for h in cutlass.range_constexpr(2):
+            for j in cutlass.range_constexpr(BLOCK_N // 4):
+                p_mn[h, j] = (s_mn[h, j] * factor[h]).to(self.dtype)
+        atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.dtype)
+        copy = cute.make_tiled_copy_C(atom, qk_mma)
+        thr = copy.get_slice(t)
+        cute.copy(copy, thr.retile(p), thr.partition_D(sK[None, (None, V_BOXES), slot]))
+
+    @cute.jit
+    def pv(self, p_in_registers: cutlass.Constexpr, thr, acc_o, a_frag, sV, slot: cutlass.Constexpr,
+           role: cutlass.Constexpr):
+        """acc_o += P V[:, role half] of slot (4 wgmmas of k 16); the caller commits and waits."""
+        mma = pv_tiled_mma(self.dtype, p_in_registers)
+        mma.set(warpgroup.Field.ACCUMULATE, True)
+        sVh = cute.local_tile(sV[None, None, slot], (HALF, BLOCK_N), (role, 0))
+        tOrV = thr.make_fragment_B(thr.partition_B(sVh))
+        for kk in cutlass.range_constexpr(BLOCK_N // 16):
+            cute.gemm(mma, acc_o, a_frag[None, None, kk], tOrV[None, None, kk], acc_o)
+
+    @cute.jit
+    def pair_role0(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss, pv_mma_ss,
+                   ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b):
+        acc_s = self.scores(0, 0, t, sK, tSrQ, qk, qk_mma, ready, phase_a, hi - start_a)
+        s_mn = self.masked_scores(acc_s, lane, c0, start_a, hi, key_end, scale_log2)
+        m_a = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            m_a[h] = self.row_max(s_mn, m_i, h)
+        if lane % 4 == 0:
+            sRows[r0, 0] = m_a[0]
+            sRows[r0 + 8, 0] = m_a[1]
+        cute.arch.mbarrier_arrive(hand + H_M_A)
+        factor = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_a[h]), fastmath=True)
+        self.rescale(acc_o, l_i, factor)
+        self.exp_rows(s_mn, m_a, l_i)
+        p_frag = self.to_operand(acc_s)
+        warpgroup.fence()
+        self.pv(True, pv_rs, acc_o, p_frag, sV, 0, 0)  # O_L += P_A V_A,L
+        warpgroup.commit_group()
+        # m_B from warpgroup 1; P_A, rescaled to it, goes over tile A's RoPE box for O_R.
+        cute.arch.mbarrier_wait(hand + H_M_B, phase_a)  # one hand-off per pair: the pair count's parity
+        m_b = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            m_b[h] = sRows[r0 + 8 * h, 1]
+            factor[h] = cute.math.exp2(m_a[h] - self.safe_max(m_b[h]), fastmath=True)
+        self.store_p(acc_s, qk_mma, t, sK, 0, factor)
+        cute.arch.fence_proxy("async.shared", space="cta")
+        cute.arch.mbarrier_arrive(hand + H_P_A)
+        warpgroup.wait_group(0)
+        cute.arch.mbarrier_arrive(empty + 0)  # tile A's left half: only this warpgroup reads it
+        self.rescale(acc_o, l_i, factor)
+        if has_b:  # O_L += P_B V_B,L (P_B is in tile B's RoPE box since H_M_B)
+            for c in cutlass.range_constexpr(HALF_BOXES):
+                cute.arch.mbarrier_wait(ready + QK_BOXES + c, phase_b)
+            sP = sK[None, (None, V_BOXES), 1]
+            tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sP))
+            warpgroup.fence()
+            self.pv(False, pv_ss, acc_o, tOrP, sV, 1, 0)
+            warpgroup.commit_group()
+            warpgroup.wait_group(0)
+            cute.arch.mbarrier_arrive(empty + 3)  # tile B's left half and P_B
+        for h in cutlass.range_constexpr(2):
+            m_i[h] = m_b[h]
+
+    @cute.jit
+    def pair_role1(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss, pv_mma_ss,
+                   ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end, scale_log2, phase_a, phase_b):
+        acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
+        acc_s.fill(-Float32.inf)
+        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        if has_b:
+            acc_b = self.scores(1, 1, t, sK, tSrQ, qk, qk_mma, ready, phase_b, hi - start_b)
+            acc_s.store(acc_b.load())
+            self.masked_scores(acc_s, lane, c0, start_b, hi, key_end, scale_log2)
+        cute.arch.mbarrier_wait(hand + H_M_A, phase_a)
+        for c in cutlass.range_constexpr(HALF_BOXES, V_BOXES):  # tile A's right half landed (and zeroed) by now
+            cute.arch.mbarrier_wait(ready + c, phase_a)
+        m_a = cute.make_rmem_tensor((2,), Float32)
+        m_b = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            m_a[h] = sRows[r0 + 8 * h, 0]
+            m_b[h] = self.row_max(s_mn, m_a, h)
+        factor = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_b[h]), fastmath=True)  # 2^(m - m_A) 2^(m_A - m_B)
+        self.rescale(acc_o, l_i, factor)
+        self.exp_rows(s_mn, m_b, l_i)  # all 0 without tile B
+        if has_b:
+            ones = cute.make_rmem_tensor((2,), Float32)
+            ones.fill(1.0)
+            self.store_p(acc_s, qk_mma, t, sK, 1, ones)
+            cute.arch.fence_proxy("async.shared", space="cta")
+        if lane % 4 == 0:
+            sRows[r0, 1] = m_b[0]
+            sRows[r0 + 8, 1] = m_b[1]
+        cute.arch.mbarrier_arrive(hand + H_M_B)
+        if has_b:  # O_R += P_B V_B,R (without tile B, P_B is 0: nothing to add)
+            p_frag = self.to_operand(acc_s)
+            warpgroup.fence()
+            self.pv(True, pv_rs, acc_o, p_frag, sV, 1, 1)
+            warpgroup.commit_group()
+        cute.arch.mbarrier_wait(hand + H_P_A, phase_a)
+        sP = sK[None, (None, V_BOXES), 0]
+        tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sP))
+        warpgroup.fence()
+        self.pv(False, pv_ss, acc_o, tOrP, sV, 0, 1)  # O_R += P_A V_A,R
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        if has_b:
+            cute.arch.mbarrier_arrive(empty + 2)  # tile B's right half: only this warpgroup reads it
+        cute.arch.mbarrier_arrive(empty + 1)  # tile A's right half and P_A
+        for h in cutlass.range_constexpr(2):
+            m_i[h] = m_b[h]
+
+    @cute.jit
+    def safe_max(self, m):
+        """The max to subtract: a row with nothing visible yet (m = -inf) uses 0, so 2^(-inf - 0) = 0."""
+        r = m
+        if m == -Float32.inf:
+            r = Float32(0.0)
+        return r
+
+    @cute.jit
+    def epilogue(self, role: cutlass.Constexpr, t, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
+                 has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
+                 begin_split):
+        """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
+        its partial."""
+        for h in cutlass.range_constexpr(2):
+            l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=1)
+            l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=2)
+        if lane % 4 == 0:
+            sRows[r0, 2 + role] = l_i[0]
+            sRows[r0 + 8, 2 + role] = l_i[1]
+        cute.arch.mbarrier_arrive(hand + H_L)
+        cute.arch.mbarrier_wait(hand + H_L, phase)
+        o_mn = cute.make_tensor(acc_o.iterator, cute.make_layout((2, (2, HALF // 8)), stride=(2, (1, 4))))
+        split_begin = mNumSplits[b]
+        num_splits = mNumSplits[b + 1] - split_begin
+        split_row = split_begin
+        if b == begin_req:
+            split_row = split_begin + begin_split
+        for h in cutlass.range_constexpr(2):
+            row = r0 + 8 * h
+            row_g = m_block * BLOCK_M + row
+            l = l_i[h] + sRows[row, 3 - role]
+            seen = l > 0.0
+            inv = Float32(1.0)
+            lse2 = -Float32.inf
+            if seen:
+                inv = 1.0 / l
+                lse2 = m_i[h] + cute.math.log2(l, fastmath=True)
+            if row_g < n_rows and has_work:
+                q_pos = row_g // heads_per_kv
+                head = kv_head * heads_per_kv + row_g % heads_per_kv
+                if num_splits == 1:
+                    addr = mO[b, q_pos, head, None].iterator.toint() + (role * HALF + c0) * (self.dtype.width // 8)
+                    pair = cute.make_rmem_tensor((2,), self.dtype)
+                    for g in cutlass.range_constexpr(HALF // 8):
+                        for v in cutlass.range_constexpr(2):
+                            pair[v] = (o_mn[h, (v, g)] * inv).to(self.dtype)
+                        cute.autovec_copy(pair, _vector(self.dtype, addr + 8 * g * (self.dtype.width // 8), 2))
+                    if const_expr(role == 0):
+                        if lane % 4 == 0:
+                            lse = Float32.inf
+                            if seen:
+                                lse = lse2 * 0.6931471805599453
+                            mLse[b, head, q_pos] = lse
+                else:
+                    addr = mOp[split_row, kv_head, row_g, None].iterator.toint() + (role * HALF + c0) * 4
+                    pair = cute.make_rmem_tensor((2,), Float32)
+                    for g in cutlass.range_constexpr(HALF // 8):
+                        for v in cutlass.range_constexpr(2):
+                            pair[v] = o_mn[h, (v, g)] * inv
+                        cute.autovec_copy(pair, _vector(Float32, addr + 8 * g * 4, 2))
+                    if const_expr(role == 0):
+                        if lane % 4 == 0:
+                            mLp[split_row, kv_head, row_g] = lse2
+
+
+def compile_offline(dtype_name: str = "bf16", page_size: int = 64) -> dict:
+    """Compile one variant with placeholder pointers (no GPU needed: set CUTE_DSL_ARCH=sm_90a before cutlass is
+    imported) and return the SASS facts of its cubin (tritonmla.core.cute_runtime.sass_facts): the CPU tests'
+    view of the kernel."""
+    import cuda.bindings.driver as cuda
+    from cutlass.cute.runtime import make_ptr
+
+    from ..core.cute_runtime import sass_facts
+    dtype = {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16}[dtype_name]
+    f32, i32, i64 = cutlass.Float32, cutlass.Int32, cutlass.Int64
+
+    def ptr(t):
+        return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16)
+
+    args = (ptr(dtype), ptr(dtype), ptr(i32), ptr(i32), ptr(i32), ptr(i32), ptr(dtype), ptr(f32), ptr(f32), ptr(f32),
+            f32(1.0), *(i32(1),) * 5, *(i64(1),) * 3, *(i32(1),) * 5, cuda.CUstream(0))
+    return sass_facts(cute.compile(MlaDecodeSm90(dtype, page_size), *args))
