@@ -175,7 +175,8 @@ def flash_mla_with_kvcache(
     causal: query i of s_q sees keys < seqlen - s_q + 1 + i. Rows that see no key give out 0, lse +inf.
     tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens.
     kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
-    (raise ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
+    (raise ValueError where it cannot run), "cute" (the CuTe DSL Hopper kernel, dense decoding only; needs
+    nvidia-cutlass-dsl; ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
 
     Sparse decoding (indices given; FlashMLA's DeepSeek-V3.2 / MODEL1 mode): q [b, s_q, h_q, 576 or 512] bf16
     (fp16 accepted); k_cache an FP8 cache [num_blocks, page_size, 1, 656 (V3.2) or 584 (MODEL1)]
