@@ -160,10 +160,12 @@ def test_cuda_graph_replay_with_new_lengths(kernel):
         assert_close("lse", lse, ref_lse, **PEAKED_LSE_TOL)
 
 
-@pytest.mark.parametrize("kernel", ["hopper", "portable", None])  # None: the default, "auto"
+@pytest.mark.parametrize("kernel", ["hopper", "cute", "portable", None])  # None: the default, "auto"
 def test_torch_compile(kernel):
     if kernel == "hopper" and dispatch.hopper_device(torch.device("cuda")) is not None:
         pytest.skip(dispatch.hopper_device(torch.device("cuda")))
+    if kernel == "cute" and dispatch.cute_device(torch.device("cuda")) is not None:
+        pytest.skip(dispatch.cute_device(torch.device("cuda")))
     dtype = torch.bfloat16
     gen = torch.Generator().manual_seed(1)
     x = make_decode_inputs(random_seqlens(gen, 8, 1500, zeros=1), 2, 32, 1, 64, dtype, "cuda",
