@@ -37,13 +37,17 @@ def _is_sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index) == (9, 0)
 
 
+def sm90_device(device: torch.device, kernel_name: str = "the Hopper kernel") -> Optional[str]:
+    """None if `device` is an SM90 GPU the kernels can be launched on (not the interpreter), else why not."""
+    if device.type != "cuda" or interpreter_enabled():
+        return f"{kernel_name} needs a CUDA device (not the interpreter)"
+    if not _is_sm90(device.index if device.index is not None else torch.cuda.current_device()):
+        return f"{kernel_name} needs compute capability 9.0, {device} has {torch.cuda.get_device_capability(device)}"
+    return None
+
+
 def hopper_device(device: torch.device) -> Optional[str]:
-    """None if `device` can run the Hopper kernel at all, else why not."""
+    """None if `device` can run the Gluon Hopper kernels at all, else why not."""
     if GLUON_ERROR is not None:
         return f"Gluon is not importable ({GLUON_ERROR})"
-    if device.type != "cuda" or interpreter_enabled():
-        return "the Hopper kernel needs a CUDA device (not the interpreter)"
-    if not _is_sm90(device.index if device.index is not None else torch.cuda.current_device()):
-        return f"the Hopper kernel needs compute capability 9.0, {device} has " \
-               f"{torch.cuda.get_device_capability(device)}"
-    return None
+    return sm90_device(device)

@@ -4,9 +4,11 @@ DSL's own call path (make_ptr per pointer: ~40 us of CPU per call; a raw-argumen
 next step, waiting for a device check)."""
 from __future__ import annotations
 
+import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 import torch
+from cutlass.cute.runtime import make_ptr
 
 from . import kernel_sm90_cute
 from .kernel_sm90_cute import MlaDecodeSm90
@@ -15,7 +17,6 @@ _COMPILED: dict = {}
 
 
 def _ptr(dtype, t):
-    from cutlass.cute.runtime import make_ptr
     return make_ptr(dtype, t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
 
 
@@ -24,7 +25,7 @@ class BoundCute:
     direct = False
     interpreted = False
 
-    def __init__(self, q, k_cache, block_table, sched, softmax_scale: float, causal: bool):
+    def __init__(self, q, k_cache, softmax_scale: float, causal: bool):
         _, page_size, heads_kv, _ = k_cache.shape
         self.dtype = cutlass.BFloat16 if q.dtype == torch.bfloat16 else cutlass.Float16
         self.scale_log2 = softmax_scale * 1.4426950408889634
@@ -36,7 +37,6 @@ class BoundCute:
         self.kernel = MlaDecodeSm90(self.dtype, page_size, policy)
 
     def launch_generic(self, stream, args) -> None:
-        import cuda.bindings.driver as cuda
         q, k_cache, block_table, seqlens, sched, splits, out, lse, out_partial, lse_partial = args
         if q.data_ptr() % 16 or any(s % 8 for s in q.stride()[:3]) or q.stride(-1) != 1:
             q = q.clone(memory_format=torch.contiguous_format)  # the kernel loads q rows 16 bytes at a time

@@ -162,7 +162,7 @@ class DecodeCall:
         args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
         if self.kernel == "cute":
             from .bind_cute import BoundCute
-            return BoundCute(q, k_cache, block_table, sched, self.softmax_scale, self.causal)
+            return BoundCute(q, k_cache, self.softmax_scale, self.causal)
         if self.kernel == "hopper":
             try:
                 return dispatch.kernel_sm90.bind_decode_hopper(args, q, k_cache, block_table, sched, out, lse,

@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 
 from ..core.constants import D_QK
-from ..core.hopper import GLUON_ERROR, hopper_device, requested_kernel
-from ..core.runtime import interpreter_enabled
+from ..core.hopper import GLUON_ERROR, hopper_device, requested_kernel, sm90_device
 
 HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (kernel_sm90.BLOCK_M)
 
@@ -29,31 +28,29 @@ else:
 _hopper_failed: Optional[str] = None  # set when "auto" saw the Hopper kernel fail to compile
 
 
-def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor, device_checked: bool = False) -> Optional[str]:
-    """None if these inputs can take the Hopper kernel, else the reason (for errors and the support matrix)."""
-    why = None if device_checked else hopper_device(q.device)
-    if why is not None:
-        return why
+def tma_cache_unsupported(k_cache: torch.Tensor, kernel_name: str) -> Optional[str]:
+    """None if both Hopper kernels (Gluon, CuTe) can read this cache through TMA, else why not."""
     num_blocks, page_size, heads_kv, d = k_cache.shape
     if page_size % 64 != 0:
-        return f"the Hopper kernel needs page_size a multiple of 64 (TMA tiles of 64 tokens), got {page_size}"
+        return f"{kernel_name} needs page_size a multiple of 64 (TMA tiles of 64 tokens), got {page_size}"
     if k_cache.stride() != (page_size * heads_kv * d, heads_kv * d, d, 1):
-        return "the Hopper kernel needs a contiguous k_cache (TMA reads it as [tokens, heads_kv * 576])"
+        return f"{kernel_name} needs a contiguous k_cache (TMA reads it as [tokens, heads_kv * 576])"
     if k_cache.data_ptr() % 16 != 0:
-        return "the Hopper kernel needs k_cache 16-byte aligned (TMA)"
+        return f"{kernel_name} needs k_cache 16-byte aligned (TMA)"
     if num_blocks * page_size >= 2 ** 31:
-        return "the Hopper kernel addresses cache rows with int32 TMA coordinates: num_blocks * page_size < 2**31"
+        return f"{kernel_name} addresses cache rows with int32 TMA coordinates: num_blocks * page_size < 2**31"
     assert d == D_QK
     return None
 
 
+def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
+    """None if these inputs can take the Gluon Hopper kernel, else the reason (for errors and the support matrix)."""
+    return hopper_device(q.device) or tma_cache_unsupported(k_cache, "the Hopper kernel")
+
+
 def cute_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
     """None if these inputs can take the CuTe DSL kernel, else the reason."""
-    why = cute_device(q.device)
-    if why is not None:
-        return why
-    why = hopper_unsupported(q, k_cache, device_checked=True)
-    return None if why is None else why.replace("the Hopper kernel", "the CuTe kernel")
+    return cute_device(q.device) or tma_cache_unsupported(k_cache, "the CuTe kernel")
 
 
 def cute_error() -> Optional[str]:
@@ -63,15 +60,7 @@ def cute_error() -> Optional[str]:
 
 def cute_device(device: torch.device) -> Optional[str]:
     """None if `device` can run the CuTe DSL kernel (SM90, CuTe DSL importable), else why not."""
-    why = cute_error()
-    if why is not None:
-        return why
-    if device.type != "cuda" or interpreter_enabled():
-        return "the CuTe kernel needs a CUDA device (not the interpreter)"
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.cuda.get_device_capability(index) != (9, 0):
-        return f"the CuTe kernel needs compute capability 9.0, {device} has {torch.cuda.get_device_capability(index)}"
-    return None
+    return cute_error() or sm90_device(device, "the CuTe kernel")
 
 
 def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:

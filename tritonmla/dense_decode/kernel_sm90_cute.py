@@ -79,6 +79,13 @@ def pv_tiled_mma(dtype, p_in_registers: bool) -> cute.TiledMma:
                                              source)
 
 
+def _rows(acc):
+    """A wgmma accumulator fragment of a 64 x N tile seen as [2 rows, N/4 columns] of this thread: rows r0 and r0 + 8,
+    columns 8 g + 2 (lane % 4) + v indexed (v, g) (the m64nNk16 accumulator layout)."""
+    n = cute.size(acc)
+    return cute.make_tensor(acc.iterator, cute.make_layout((2, (2, n // 4)), stride=(2, (1, 4))))
+
+
 @cute.jit
 def _vector(dtype, addr, n: cutlass.Constexpr):
     """n elements at a global address known to be aligned to their size (one vector access)."""
@@ -158,7 +165,7 @@ class MlaDecodeSm90:
 
         self.kernel(mQ, tma_atom, tma_k, mBT, mSeq, mSched, mNumSplits, mO, mLse, mOp, mLp,
                     scale_log2, seq_q, heads_per_kv, causal, seqlen_cap, num_blocks,
-                    qk_mma, pv_mma_rs, pv_mma_ss, box_layout, k_outer, q_outer, v_outer, swz, Storage).launch(
+                    qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz, Storage).launch(
             grid=[m_blocks, heads_kv, num_parts], block=[THREADS, 1, 1], smem=Storage.size_in_bytes(),
             stream=stream)
 
@@ -168,7 +175,7 @@ class MlaDecodeSm90:
                mSeq: cute.Tensor, mSched: cute.Tensor, mNumSplits: cute.Tensor, mO: cute.Tensor, mLse: cute.Tensor,
                mOp: cute.Tensor, mLp: cute.Tensor, scale_log2: Float32, seq_q: Int32, heads_per_kv: Int32,
                causal: Int32, seqlen_cap: Int32, num_blocks: Int32, qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma,
-               pv_mma_ss: cute.TiledMma, box_layout: cute.ComposedLayout, k_outer: cute.Layout,
+               pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
                q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
         tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
@@ -328,17 +335,17 @@ class MlaDecodeSm90:
                 phase_a = uses_a & 1
                 phase_b = uses_b & 1
                 if const_expr(role == 0):
-                    self.pair_role0(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss,
-                                    pv_mma_ss, ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end,
+                    self.pair_role0(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
+                                    ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end,
                                     scale_log2, phase_a, phase_b)
                 else:
-                    self.pair_role1(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss,
-                                    pv_mma_ss, ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end,
+                    self.pair_role1(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
+                                    ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end,
                                     scale_log2, phase_a, phase_b)
                 uses_a += 1
                 if has_b:
                     uses_b += 1
-            self.epilogue(role, t, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv, has_work, mNumSplits,
+            self.epilogue(role, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv, has_work, mNumSplits,
                           mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, n_req & 1, begin_req, begin_split)
             n_req += 1
 
@@ -362,7 +369,7 @@ class MlaDecodeSm90:
                 cute.autovec_copy(frag, cute.local_tile(sQ[row, None], (8,), (c * 8 + t % 8,)))
 
     @cute.jit
-    def scores(self, role: cutlass.Constexpr, slot: cutlass.Constexpr, t, sK, tSrQ, qk, qk_mma, ready, phase,
+    def scores(self, role: cutlass.Constexpr, slot: cutlass.Constexpr, t, sK, tSrQ, qk, ready, phase,
                valid):
         """S = Q K^T of the tile in `slot`, one group of 4 wgmmas per box as it lands (the producer's order);
         rows >= valid of a tail tile are zeroed first."""
@@ -394,9 +401,9 @@ class MlaDecodeSm90:
         return acc_s
 
     @cute.jit
-    def masked_scores(self, acc_s, lane, c0, start, hi, key_end, scale_log2):
+    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2):
         """Scale to the log2 domain; keys past the part's end or the causal edge get -inf."""
-        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        s_mn = _rows(acc_s)
         for h in cutlass.range_constexpr(2):
             end = cutlass.min(hi, key_end[h])
             if start + BLOCK_N <= end:  # all visible: every tile but the last one or two
@@ -425,9 +432,7 @@ class MlaDecodeSm90:
     def exp_rows(self, s_mn, m_new, l_i):
         """P = 2^(S - m) in place; this thread's share of the row sums is added to l_i."""
         for h in cutlass.range_constexpr(2):
-            m = m_new[h]
-            if m == -Float32.inf:  # a row with nothing visible yet subtracts 0: 2^(-inf - 0) = 0
-                m = Float32(0.0)
+            m = self.safe_max(m_new[h])
             acc = Float32(0.0)
             for g in cutlass.range_constexpr(BLOCK_N // 8):
                 for v in cutlass.range_constexpr(2):
@@ -438,7 +443,7 @@ class MlaDecodeSm90:
 
     @cute.jit
     def rescale(self, acc_o, l_i, factor):
-        o_mn = cute.make_tensor(acc_o.iterator, cute.make_layout((2, (2, HALF // 8)), stride=(2, (1, 4))))
+        o_mn = _rows(acc_o)
         for h in cutlass.range_constexpr(2):
             l_i[h] *= factor[h]
             for g in cutlass.range_constexpr(HALF // 8):
@@ -458,8 +463,8 @@ class MlaDecodeSm90:
         """P (times factor per row) into slot's RoPE box, [64 rows, 64 tokens] K-major: the other warpgroup's
         A operand. stmatrix: each warp writes its 16 rows as 8x8 matrices, 16 bytes per thread and instruction."""
         p = cute.make_rmem_tensor(acc_s.layout, self.dtype)
-        p_mn = cute.make_tensor(p.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
-        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        p_mn = _rows(p)
+        s_mn = _rows(acc_s)
         for h in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(BLOCK_N // 4):
                 p_mn[h, j] = (s_mn[h, j] * factor[h]).to(self.dtype)
@@ -480,10 +485,10 @@ class MlaDecodeSm90:
             cute.gemm(mma, acc_o, a_frag[None, None, kk], tOrV[None, None, kk], acc_o)
 
     @cute.jit
-    def pair_role0(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss, pv_mma_ss,
+    def pair_role0(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
                    ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b):
-        acc_s = self.scores(0, 0, t, sK, tSrQ, qk, qk_mma, ready, phase_a, hi - start_a)
-        s_mn = self.masked_scores(acc_s, lane, c0, start_a, hi, key_end, scale_log2)
+        acc_s = self.scores(0, 0, t, sK, tSrQ, qk, ready, phase_a, hi - start_a)
+        s_mn = self.masked_scores(acc_s, c0, start_a, hi, key_end, scale_log2)
         m_a = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m_a[h] = self.row_max(s_mn, m_i, h)
@@ -526,15 +531,15 @@ class MlaDecodeSm90:
             m_i[h] = m_b[h]
 
     @cute.jit
-    def pair_role1(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_mma_rs, pv_ss, pv_mma_ss,
+    def pair_role1(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
                    ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end, scale_log2, phase_a, phase_b):
         acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
         acc_s.fill(-Float32.inf)
-        s_mn = cute.make_tensor(acc_s.iterator, cute.make_layout((2, (2, BLOCK_N // 8)), stride=(2, (1, 4))))
+        s_mn = _rows(acc_s)
         if has_b:
-            acc_b = self.scores(1, 1, t, sK, tSrQ, qk, qk_mma, ready, phase_b, hi - start_b)
+            acc_b = self.scores(1, 1, t, sK, tSrQ, qk, ready, phase_b, hi - start_b)
             acc_s.store(acc_b.load())
-            self.masked_scores(acc_s, lane, c0, start_b, hi, key_end, scale_log2)
+            self.masked_scores(acc_s, c0, start_b, hi, key_end, scale_log2)
         cute.arch.mbarrier_wait(hand + H_M_A, phase_a)
         for c in cutlass.range_constexpr(HALF_BOXES, V_BOXES):  # tile A's right half landed (and zeroed) by now
             cute.arch.mbarrier_wait(ready + c, phase_a)
@@ -584,7 +589,7 @@ class MlaDecodeSm90:
         return r
 
     @cute.jit
-    def epilogue(self, role: cutlass.Constexpr, t, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
+    def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
                  has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
                  begin_split):
         """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
@@ -597,7 +602,7 @@ class MlaDecodeSm90:
             sRows[r0 + 8, 2 + role] = l_i[1]
         cute.arch.mbarrier_arrive(hand + H_L)
         cute.arch.mbarrier_wait(hand + H_L, phase)
-        o_mn = cute.make_tensor(acc_o.iterator, cute.make_layout((2, (2, HALF // 8)), stride=(2, (1, 4))))
+        o_mn = _rows(acc_o)
         split_begin = mNumSplits[b]
         num_splits = mNumSplits[b + 1] - split_begin
         split_row = split_begin
