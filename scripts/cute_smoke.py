@@ -42,3 +42,6 @@ for seqlens, seq_q, heads_q, heads_kv, page, causal, dtype in CASES:
           f"{dtype}: out err {e_out:.3g} lse err {e_lse:.3g} inf-lse ok {lse_inf_ok} parts {parts} "
           f"first call {first:.1f}s", flush=True)
 print("SMOKE", "OK" if worst < 2e-2 else "FAIL", worst)
+from tritonmla.core import cute_runtime  # noqa: E402
+from tritonmla.dense_decode import bind_cute  # noqa: E402
+print("compiled/loaded:", cute_runtime.STATS, "raw launch layout ok:", [ok for _, ok in bind_cute._RAW_OK.values()])

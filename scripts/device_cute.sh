@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
 # Device loop for the CuTe DSL dense decode kernel (carry .cutedsl, ../shared/device/cute-dsl.sh installs it): smoke,
-# compute-sanitizer racecheck/synccheck/memcheck on the CuTe kernel, the A/B of variants (scripts/cute_ab.py), the
-# GPU tests for "cute", ncu of both Hopper kernels (scripts/cute_ncu_case.py). Then, machine still warm: scripts/device_cute_compare.sh (carry .flashmla).
+# the A/B of kernel versions (scripts/cute_ab.py; --base for each tritonmla/dense_decode/_ab_*.py beside it), the
+# GPU tests for "cute", compute-sanitizer racecheck/synccheck/memcheck on the CuTe kernel, CPU time per call, ncu of
+# both Hopper kernels (scripts/cute_ncu_case.py). Then, machine still warm: scripts/device_cute_compare.sh (carry
+# .flashmla). STEPS picks steps (default all: smoke ab tests san overhead ncu).
 set -u
 export PYTHONUNBUFFERED=1
+STEPS=${STEPS:-smoke ab tests san overhead ncu}  # also: first (first-call table)
+has() { [[ " $STEPS " == *" $1 "* ]]; }
 [ -d /tmp/cutedsl/nvidia_cutlass_dsl ] || bash .cutedsl/cute-dsl.sh install .cutedsl /tmp/cutedsl > /dev/null
 export PYTHONPATH=.:/tmp/cutedsl:/tmp/cutedsl/nvidia_cutlass_dsl/dsl_packages
-timeout 200 python3 scripts/cute_smoke.py 2>&1 | tail -8 | tee $OUT/smoke.log
-grep -q "SMOKE OK" $OUT/smoke.log || exit 1
-for tool in racecheck synccheck memcheck; do
-  timeout 100 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 scripts/sanitize_case.py --cute-only \
-    > $OUT/san_$tool.log 2>&1; echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_$tool.log | tail -1)"
-done
-timeout 200 python3 scripts/cute_ab.py ${AB_SK:-} 2>&1 | tail -12
-timeout 150 python3 -m pytest -q -x tests/test_gpu.py -k "${TESTS:-cute}" -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1
-echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | head -5
-M=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,smsp__inst_executed.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct
-for k in cute hopper; do
-  timeout 100 ncu --metrics $M -k regex:"decode|Decode|seesaw" --launch-skip 2 --launch-count 1 python3 scripts/cute_ncu_case.py $k \
-    > $OUT/ncu_$k.log 2>&1; echo "ncu $k:"; grep -E "hmma|sm__throughput|dram__|inst_executed|duration|hit_rate" $OUT/ncu_$k.log | sed 's/  */ /g'
-done
+if has smoke; then
+  timeout 200 python3 scripts/cute_smoke.py 2>&1 | tail -8 | tee $OUT/smoke.log
+  grep -q "SMOKE OK" $OUT/smoke.log || exit 1
+fi
+if has ab; then
+  base=""; for f in tritonmla/dense_decode/_ab_*.py; do [ -f "$f" ] && base="$base --base tritonmla.dense_decode.$(basename $f .py)"; done
+  timeout 330 python3 scripts/cute_ab.py $base ${AB_ARGS:-} 2>&1 | tail -12 | tee $OUT/ab.log | cut -c1-200
+fi
+if has tests; then
+  timeout 200 python3 -m pytest -q -x tests/test_gpu.py -k "${TESTS:-cute}" -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1
+  echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | head -5
+fi
+if has san; then
+  for tool in racecheck synccheck memcheck; do
+    timeout 100 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 scripts/sanitize_case.py --cute-only \
+      > $OUT/san_$tool.log 2>&1; echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_$tool.log | tail -1)"
+  done
+fi
+if has overhead; then
+  timeout 120 python3 -m tritonmla.bench --overhead --json $OUT/overhead.json > $OUT/overhead.log 2>&1
+  echo "overhead rc=$?"; grep -A12 "thread CPU" $OUT/overhead.log | head -14
+fi
+if has first; then
+  timeout 300 python3 -m tritonmla.bench --first-call --json $OUT/first_call.json > $OUT/first_call.log 2>&1
+  echo "first-call rc=$?"; tail -14 $OUT/first_call.log
+fi
+if has ncu; then
+  M=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,smsp__inst_executed.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct
+  for k in cute hopper; do
+    timeout 100 ncu --metrics $M -k regex:"decode|Decode|seesaw" --launch-skip 2 --launch-count 1 python3 scripts/cute_ncu_case.py $k \
+      > $OUT/ncu_$k.log 2>&1; echo "ncu $k:"; grep -E "hmma|sm__throughput|dram__|inst_executed|duration|hit_rate" $OUT/ncu_$k.log | sed 's/  */ /g'
+  done
+fi

@@ -20,6 +20,10 @@ def test_dense_decode_compiles_to_the_schedule(dtype, page_size):
     ops = kernel["opcodes"]
     # S: 2 warpgroups x 36 wgmma k-steps (9 boxes x 4); P V: 2 x (4 from registers + 4 from shared memory).
     assert facts["hgmma"] == 88, ops
+    # The wgmmas stay asynchronous: where ptxas thinks an accumulator is touched in flight it serializes them, a
+    # WARPGROUP.ARRIVE before and a WARPGROUP.DEPBAR after each HGMMA. The schedule has 22 arrives (one per group
+    # of wgmmas issued) and 6 waits.
+    assert ops.get("WARPGROUP", 0) <= 22 + 6, ops
     assert facts["utmaldg"] >= 9, ops  # one TMA load per 64 x 64 box of a K tile
     assert facts["usetmaxreg"] == 2, ops  # producer down, consumers up
     assert facts["stsm"] >= 8, ops  # P handed over with stmatrix

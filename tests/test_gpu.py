@@ -220,8 +220,15 @@ def test_eight_speculative_tokens_gpu(heads_q, heads_kv, dtype, kernel):
     check(x, 8, True, dtype, kernel, out_tol=OUT_TOL, lse_tol=LSE_TOL)
 
 
-def test_auto_takes_hopper_where_it_can():
-    expected = "hopper" if dispatch.hopper_device(torch.device("cuda")) is None else "portable"
+def auto_expected() -> str:
+    """The kernel "auto" should take for TMA-readable inputs on this GPU: CuTe, else Gluon, else portable."""
+    if dispatch.cute_device(torch.device("cuda")) is None:
+        return "cute"
+    return "hopper" if dispatch.hopper_device(torch.device("cuda")) is None else "portable"
+
+
+def test_auto_takes_the_fastest_kernel_that_can_run():
+    expected = auto_expected()
     for seq_q, heads_q in ((1, 1), (1, 16), (2, 16)):
         x = make_decode_inputs([100], seq_q, heads_q, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
         assert dispatch.choose("auto", x.q, x.k_cache) == expected
@@ -229,6 +236,29 @@ def test_auto_takes_hopper_where_it_can():
     assert dispatch.choose("auto", x.q, sliced) == expected
     padded = torch.zeros(x.k_cache.shape[0], 64, 1, 640, dtype=torch.bfloat16, device="cuda")[..., :576]
     assert dispatch.choose("auto", x.q, padded) == "portable"  # non-contiguous rows: no TMA view
+
+
+def test_auto_falls_back_when_the_cute_kernel_fails_to_build(monkeypatch):
+    if dispatch.cute_device(torch.device("cuda")) is not None:
+        pytest.skip(dispatch.cute_device(torch.device("cuda")))
+    from tritonmla.api import interface
+    from tritonmla.dense_decode import bind_cute
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated CuTe DSL compile failure")
+
+    monkeypatch.setattr(bind_cute, "BoundCute", broken)
+    monkeypatch.setattr(dispatch, "_cute_failed", None)
+    interface.clear()
+    x = make_decode_inputs([300, 70], 1, 16, 1, 64, torch.bfloat16, "cuda", generator=torch.Generator("cuda"))
+    with pytest.warns(RuntimeWarning, match="CuTe DSL Hopper kernel failed to build"):
+        check(x, 1, False, torch.bfloat16, None, use_api=True)
+    assert dispatch._cute_failed is not None
+    expected = "hopper" if dispatch.hopper_device(torch.device("cuda")) is None else "portable"
+    assert dispatch.choose("auto", x.q, x.k_cache) == expected
+    with pytest.raises(RuntimeError, match="simulated"):  # asked for by name: the error, not a fallback
+        check(x, 1, False, torch.bfloat16, "cute", use_api=True)
+    interface.clear()
 
 
 def compiled_variants() -> int:

@@ -1,7 +1,7 @@
 """Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
 
-    python -m tritonmla.bench [--quick] [--kernel both|auto,hopper,cute,portable] [--compare flashmla] [--csv FILE]
-                              [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
+    python -m tritonmla.bench [--quick] [--suite seed|head|small] [--kernel both|auto,hopper,cute,portable] [--compare flashmla]
+                              [--csv FILE] [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
     python -m tritonmla.bench sparse-decode [...]    (sparse decoding over FP8 caches: tritonmla.bench.sparse)
     python -m tritonmla.bench sparse-prefill [...]   (sparse attention prefill: tritonmla.bench.sparse_prefill)
 
@@ -212,6 +212,8 @@ def gpu_main(args) -> None:
     if args.suite == "head":  # FlashMLA HEAD's dense performance cases: b=128, h_q 128, varlen, causal or not
         configs = [(128, s_q, sk, 128, 1, True, causal)
                    for causal in (False, True) for s_q in (1, 2) for sk in (4096, 8192, 16384, 32768)]
+    elif args.suite == "small":  # latency: an interactive engine's few requests, short to mid contexts
+        configs = [(b, 1, sk, h_q, 1, False, True) for h_q in (16, 128) for b in (1, 4) for sk in (64, 1024, 4096)]
     else:  # the seed table (FlashMLA's published H100 figures), causal
         configs = [(128, s_q, sk, h_q, 1, varlen, True) for sk in (4096, 8192, 16384) for h_q in (16, 32, 64, 128)
                    for s_q in (1, 2) for varlen in (False, True)]
@@ -305,9 +307,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="which decode kernel(s) to time: both (Gluon Hopper and portable, side by side; the "
                         "default) or a comma list of auto, hopper, cute, portable")
     p.add_argument("--compare", choices=("flashmla",), help="time FlashMLA beside us (needs flash_mla importable)")
-    p.add_argument("--suite", choices=("seed", "head"), default="seed",
+    p.add_argument("--suite", choices=("seed", "head", "small"), default="seed",
                    help="seed: FlashMLA's published H100 table (causal); head: FlashMLA HEAD's dense performance "
-                        "cases (b=128, h_q=128, varlen, causal and not, sk 4096-32768)")
+                        "cases (b=128, h_q=128, varlen, causal and not, sk 4096-32768); small: latency of b 1 and "
+                        "4, sk 64-4096, h_q 16 and 128, s_q 1")
     p.add_argument("--only", help="configs to run, e.g. 'sk=8192,h_q=128' (any of s_q, sk, h_q, varlen)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--json", help="write the table as JSON")

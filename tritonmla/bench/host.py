@@ -9,7 +9,9 @@ not running us). FlashMLA is measured the same way when `flash_mla` is importabl
 
 First call: fresh Python processes each make one decode call of a configuration and report its latency (the
 call, synchronized); the first process compiles into an empty Triton cache directory, the next ones find it on
-disk (a cold process with a warm on-disk cache, what a restarted server sees).
+disk (a cold process with a warm on-disk cache, what a restarted server sees). Rows for the default kernel ("auto":
+on SM90 the CuTe kernel where CuTe DSL is importable, its compiled variants kept under TRITONMLA_CACHE_DIR) and the
+Gluon kernel (TRITONMLA_KERNEL=hopper).
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def overhead_table() -> list[dict]:
     for batch, seq_q, sk, heads_q in OVERHEAD_SHAPES:
         x = make_decode_inputs([sk] * batch, seq_q, heads_q, 1, 64, torch.bfloat16, "cuda",
                                generator=torch.Generator("cuda").manual_seed(0))
-        kernels = ["auto", "portable"] + ([] if dispatch.hopper_unsupported(x.q, x.k_cache) else ["hopper"])
+        kernels = ["auto", "portable"] + ([] if dispatch.hopper_unsupported(x.q, x.k_cache) else ["hopper"]) \
+            + ([] if dispatch.cute_unsupported(x.q, x.k_cache) else ["cute"])
         row = dict(batch=batch, seq_q=seq_q, mean_sk=sk, heads_q=heads_q,
                    auto_runs=dispatch.choose("auto", x.q, x.k_cache))
         steps = {}
@@ -149,26 +152,32 @@ print(json.dumps(dict(import_s=t_import, warmup_s=t_warmup, first_call_s=first, 
 
 def first_call_table() -> list[dict]:
     """Latency of a process's first decode call: compile (empty cache), then warm on-disk cache, each with and
-    without tritonmla.warmup() before it."""
+    without tritonmla.warmup() before it; for the default kernel (on SM90 the CuTe kernel where CuTe DSL is importable)
+    and, where it can run, the Gluon kernel (kernel="hopper")."""
+    from ..dense_decode import dispatch
+    kernels = ["auto"] + ([] if dispatch.hopper_device(torch.device("cuda")) else ["hopper"])
     rows = []
-    for heads_q, seq_q in ((16, 1), (128, 2)):
-        cache_dir = tempfile.mkdtemp(prefix="tritonmla-first-call-")
-        for label, use_warmup in (("empty cache", False), ("warm disk cache", False),
-                                  ("warm disk cache + warmup()", True)):
-            cfg = dict(batch=64, seq_q=seq_q, sk=4096, heads_q=heads_q, warmup=use_warmup)
-            env = {**os.environ, "TRITON_CACHE_DIR": cache_dir}
-            out = subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, json.dumps(cfg)], env=env,
-                                 capture_output=True, text=True, check=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(dict(heads_q=heads_q, seq_q=seq_q, case=label, **result))
+    for kernel in kernels:
+        for heads_q, seq_q in ((16, 1), (128, 2)):
+            cache_dir = tempfile.mkdtemp(prefix="tritonmla-first-call-")
+            for label, use_warmup in (("empty cache", False), ("warm disk cache", False),
+                                      ("warm disk cache + warmup()", True)):
+                cfg = dict(batch=64, seq_q=seq_q, sk=4096, heads_q=heads_q, warmup=use_warmup)
+                env = {**os.environ, "TRITON_CACHE_DIR": cache_dir, "TRITONMLA_CACHE_DIR": cache_dir,
+                       "TRITONMLA_KERNEL": kernel}
+                out = subprocess.run([sys.executable, "-c", FIRST_CALL_SCRIPT, json.dumps(cfg)], env=env,
+                                     capture_output=True, text=True, check=True)
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(dict(kernel=kernel, heads_q=heads_q, seq_q=seq_q, case=label, **result))
     return rows
 
 
 def print_first_call(rows: list[dict]) -> None:
     print("first decode call of a fresh process (b=64, sk 4096, causal; get_mla_metadata + flash_mla_with_kvcache, "
           "synchronized)")
-    print(f"{'h_q':>4} {'s_q':>3} {'case':<28} {'import s':>8} {'warmup s':>8} {'first call ms':>13} "
+    print(f"{'kernel':>6} {'h_q':>4} {'s_q':>3} {'case':<28} {'import s':>8} {'warmup s':>8} {'first call ms':>13} "
           f"{'second call ms':>14}")
     for r in rows:
-        print(f"{r['heads_q']:>4} {r['seq_q']:>3} {r['case']:<28} {r['import_s']:8.2f} {r['warmup_s']:8.2f} "
+        print(f"{r['kernel']:>6} {r['heads_q']:>4} {r['seq_q']:>3} {r['case']:<28} {r['import_s']:8.2f} "
+              f"{r['warmup_s']:8.2f} "
               f"{r['first_call_s'] * 1e3:13.1f} {r['second_call_s'] * 1e3:14.2f}")

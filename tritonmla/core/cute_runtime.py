@@ -5,8 +5,6 @@ CuTe DSL (PyPI nvidia-cutlass-dsl 4.8.x, `import cutlass`) is optional and takes
 imports it before a function needs it. `compile_cached` keeps compiled functions in a dict and exports each as a host
 object file (the cubin inside) into the disk cache: `$TRITONMLA_CACHE_DIR/cute`, else `~/.cache/tritonmla/cute`. A fresh
 process loads that file with `cute.runtime.load_module` (milliseconds) instead of tracing and compiling again.
-(Not used by the shipped dense binding yet: loading a cached object has been checked on the CPU only; the wiring
-waits on branch wip/cute-raw-launch for a device run, NOTES.md run 20.)
 The target arch is CUTE_DSL_ARCH, read when cutlass is first imported; without it the DSL asks the driver, and on a
 machine without a GPU it assumes sm_100a, so set CUTE_DSL_ARCH=sm_90a there before anything imports cutlass.
 """

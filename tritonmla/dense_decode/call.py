@@ -161,8 +161,15 @@ class DecodeCall:
     def _bind(self, q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace):
         args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
         if self.kernel == "cute":
-            from .bind_cute import BoundCute
-            return BoundCute(q, k_cache, self.softmax_scale, self.causal)
+            try:
+                from .bind_cute import BoundCute
+                return BoundCute(q, k_cache, block_table, sched, self.softmax_scale, self.causal)
+            except Exception as error:  # noqa: BLE001  (a CuTe DSL compile or load failure)
+                if self.requested == "cute":
+                    raise
+                dispatch.note_cute_failure(error)  # "auto": stay correct on the Gluon or portable kernel
+                self.kernel = dispatch.choose("auto", q, k_cache)
+                args = self._tensor_args(q, k_cache, block_table, cache_seqlens, sched, splits, out, lse, workspace)
         if self.kernel == "hopper":
             try:
                 return dispatch.kernel_sm90.bind_decode_hopper(args, q, k_cache, block_table, sched, out, lse,

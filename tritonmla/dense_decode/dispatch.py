@@ -1,12 +1,13 @@
 """Which dense decode kernel runs: the Gluon Hopper kernel (kernel_sm90), the CuTe DSL Hopper kernel
 (kernel_sm90_cute) or the portable Triton one (kernel_portable).
 
-kernel="auto" (the default) takes the Gluon Hopper kernel when the inputs allow it (hopper_unsupported returns
-None), else the portable kernel; "hopper" insists (a clear ValueError says why it cannot run); "cute" takes the
-CuTe DSL kernel (a ValueError says why it cannot run: CuTe DSL missing, inputs outside it); "portable" forces the
+kernel="auto" (the default) takes the CuTe DSL kernel where it can run (cute_unsupported returns None: an SM90 GPU,
+nvidia-cutlass-dsl importable, the inputs TMA can read; faster than the Gluon kernel on every configuration timed,
+BENCHMARKS.md), else the Gluon Hopper kernel where the inputs allow it (hopper_unsupported), else the portable
+kernel; "hopper" and "cute" insist on theirs (a clear ValueError says why it cannot run); "portable" forces the
 portable kernel. The default comes from TRITONMLA_KERNEL when no argument names one (tritonmla.core.hopper).
-Which kernel a configuration runs is decided on its first call (tritonmla.dense_decode.call); a Gluon build
-failure there falls back to portable.
+Which kernel a configuration runs is decided on its first call (tritonmla.dense_decode.call); under "auto" a build
+failure there falls back (CuTe -> Gluon -> portable) with a warning.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ if GLUON_ERROR is None:
 else:
     kernel_sm90 = None
 
-_hopper_failed: Optional[str] = None  # set when "auto" saw the Hopper kernel fail to compile
+_hopper_failed: Optional[str] = None  # set when "auto" saw the Gluon Hopper kernel fail to compile
+_cute_failed: Optional[str] = None  # set when "auto" saw the CuTe kernel fail to compile or load
 
 
 def tma_cache_unsupported(k_cache: torch.Tensor, kernel_name: str) -> Optional[str]:
@@ -68,6 +70,8 @@ def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool
     choice = requested_kernel(kernel)
     if choice == "cute":
         return cute_device(device) is None
+    if choice == "auto" and _cute_failed is None and cute_device(device) is None:
+        return True
     return choice != "portable" and hopper_device(device) is None and _hopper_failed is None
 
 
@@ -86,7 +90,17 @@ def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str
         if why is not None:
             raise ValueError(f"kernel='hopper' cannot run here: {why}")
         return "hopper"
-    return "hopper" if why is None and plans_for_hopper(q.device, "auto") else "portable"
+    if _cute_failed is None and cute_unsupported(q, k_cache) is None:
+        return "cute"
+    return "hopper" if why is None and _hopper_failed is None else "portable"
+
+
+def note_cute_failure(error: Exception) -> None:
+    """"auto" keeps working on the Gluon (or portable) kernel if the CuTe kernel fails to build; say so once."""
+    global _cute_failed
+    _cute_failed = f"{type(error).__name__}: {error}"
+    warnings.warn(f"tritonmla: the CuTe DSL Hopper kernel failed to build ({_cute_failed}); using the Gluon kernel",
+                  RuntimeWarning, stacklevel=3)
 
 
 def note_hopper_failure(error: Exception) -> None:

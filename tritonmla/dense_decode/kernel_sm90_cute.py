@@ -21,7 +21,8 @@ TMA loads; 24 registers). Shared memory: Q [64, 576], two K slots [64, 576] (V i
 same tile, read through a transposed view: one copy of each cache row), each slot 9 TMA boxes of 64 x 64 with one
 mbarrier per box so S starts as the first box lands. A slot is released in two groups of 4 boxes (+ the RoPE box)
 by per-thread mbarrier arrivals (count 128: every consumer thread arrives after its own wgmma wait, so no
-warpgroup barrier precedes a release). Hand-offs between the warpgroups (m_A, m_B, P_A, P_B, the row sums, Q) go
+warpgroup barrier precedes a release), each group as soon as its last wgmma is done; the producer takes a pair's
+four releases in the order they come (A's left half, B's right half, then the rest of A and of B). Hand-offs between the warpgroups (m_A, m_B, P_A, P_B, the row sums, Q) go
 through mbarriers the same way: every writing thread arrives after its own writes (and, for what a wgmma reads, a
 proxy fence), the readers wait on the phase, so each write is ordered before the reads by the PTX memory model
 (compute-sanitizer racecheck: 0 hazards; the named-barrier version drew 15 reports). Re-writes are ordered by the
@@ -259,27 +260,33 @@ class MlaDecodeSm90:
         for b in cutlass.range(begin_req, end_req + 1, unroll=1):
             seqlen, lo, hi, n_tiles, has_work = self.request_tiles(mSeq, b, begin_req, begin_tile, end_req,
                                                                    end_tile, seqlen_cap)
-            for t in cutlass.range(n_tiles, unroll=1):
-                start = lo + t * BLOCK_N
-                page = cutlass.min(cutlass.max(mBT[b, start // self.page_size], 0), num_blocks - 1)
-                row_tile = (page * self.page_size + start % self.page_size) // BLOCK_N
-                slot = t % 2
-                fills = fills_a + t // 2
-                if slot == 1:
-                    fills = fills_b + t // 2
-                phase = (fills & 1) ^ 1
-                # First the V half only the owning warpgroup reads, then the other half and the RoPE box.
+            for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
+                row_tile = cute.make_rmem_tensor((2,), Int32)
+                for slot in cutlass.range_constexpr(2):
+                    start = lo + (2 * j + slot) * BLOCK_N
+                    page = cutlass.min(cutlass.max(mBT[b, cutlass.min(start, hi - 1) // self.page_size], 0),
+                                       num_blocks - 1)
+                    row_tile[slot] = (page * self.page_size + start % self.page_size) // BLOCK_N
+                # A slot is released in two groups: first the V half only its owner reads, then the other half
+                # and the RoPE box. The four releases of a pair come in this order (A's left half after P_A V_A,L,
+                # B's right half after P_B V_B,R, then A's and B's rest), so each refill starts as soon as it can.
                 for g in cutlass.range_constexpr(2):
-                    cute.arch.mbarrier_wait(empty + slot * 2 + g, phase)
-                    for i in cutlass.range_constexpr(HALF_BOXES + g):
-                        c = (i + (slot + g) * HALF_BOXES) % V_BOXES
-                        if i == HALF_BOXES:
-                            c = V_BOXES
-                        bar = ready + slot * QK_BOXES + c
-                        with cute.arch.elect_one():
-                            cute.arch.mbarrier_arrive_and_expect_tx(bar, box_bytes)
-                        cute.copy(tma_atom, tKgK[None, row_tile, kv_head * QK_BOXES + c], tKsK[None, 0, c, slot],
-                                  tma_bar_ptr=bar, cache_policy=Int64(self.cache_policy))
+                    for slot in cutlass.range_constexpr(2):
+                        if 2 * j + slot < n_tiles:
+                            fills = fills_a + j
+                            if const_expr(slot == 1):
+                                fills = fills_b + j
+                            cute.arch.mbarrier_wait(empty + slot * 2 + g, (fills & 1) ^ 1)
+                            for i in cutlass.range_constexpr(HALF_BOXES + g):
+                                c = (i + (slot + g) * HALF_BOXES) % V_BOXES
+                                if i == HALF_BOXES:
+                                    c = V_BOXES
+                                bar = ready + slot * QK_BOXES + c
+                                with cute.arch.elect_one():
+                                    cute.arch.mbarrier_arrive_and_expect_tx(bar, box_bytes)
+                                cute.copy(tma_atom, tKgK[None, row_tile[slot], kv_head * QK_BOXES + c],
+                                          tKsK[None, 0, c, slot], tma_bar_ptr=bar,
+                                          cache_policy=Int64(self.cache_policy))
             fills_a += (n_tiles + 1) // 2
             fills_b += n_tiles // 2
 
@@ -573,9 +580,10 @@ class MlaDecodeSm90:
         warpgroup.fence()
         self.pv(False, pv_ss, acc_o, tOrP, sV, 0, 1)  # O_R += P_A V_A,R
         warpgroup.commit_group()
-        warpgroup.wait_group(0)
+        warpgroup.wait_group(1)  # P_B V_B,R done: its refill need not wait for P_A V_A,R
         if has_b:
             cute.arch.mbarrier_arrive(empty + 2)  # tile B's right half: only this warpgroup reads it
+        warpgroup.wait_group(0)
         cute.arch.mbarrier_arrive(empty + 1)  # tile A's right half and P_A
         for h in cutlass.range_constexpr(2):
             m_i[h] = m_b[h]
