@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Device loop for the CuTe DSL dense decode kernel (carry .cutedsl, ../shared/device/cute-dsl.sh installs it): smoke,
 # the A/B of kernel versions (scripts/cute_ab.py; --base for each tritonmla/dense_decode/_ab_*.py beside it), the
-# GPU tests for "cute", compute-sanitizer racecheck/synccheck/memcheck on the CuTe kernel, CPU time per call, ncu of
-# both Hopper kernels (scripts/cute_ncu_case.py). Then, machine still warm: scripts/device_cute_compare.sh (carry
-# .flashmla). STEPS picks steps (default all: smoke ab tests san overhead ncu).
+# GPU tests for "cute", compute-sanitizer racecheck/synccheck/memcheck on the CuTe kernel, CPU time per call, the
+# per-pair timeline (scripts/cute_timeline.py, TIMELINE_CASE="b s_q sk h_q"), ncu of both Hopper kernels
+# (scripts/cute_ncu_case.py). Then, machine still warm: scripts/device_cute_compare.sh (carry
+# .flashmla). STEPS picks steps (default all but first: smoke ab tests san overhead timeline ncu).
 set -u
 export PYTHONUNBUFFERED=1
-STEPS=${STEPS:-smoke ab tests san overhead ncu}  # also: first (first-call table)
+STEPS=${STEPS:-smoke ab tests san overhead timeline ncu}  # also: first (first-call table)
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 [ -d /tmp/cutedsl/nvidia_cutlass_dsl ] || bash .cutedsl/cute-dsl.sh install .cutedsl /tmp/cutedsl > /dev/null
 export PYTHONPATH=.:/tmp/cutedsl:/tmp/cutedsl/nvidia_cutlass_dsl/dsl_packages
@@ -31,6 +32,9 @@ fi
 if has overhead; then
   timeout 120 python3 -m tritonmla.bench --overhead --json $OUT/overhead.json > $OUT/overhead.log 2>&1
   echo "overhead rc=$?"; grep -A12 "thread CPU" $OUT/overhead.log | head -14
+fi
+if has timeline; then
+  timeout 150 python3 scripts/cute_timeline.py ${TIMELINE_CASE:-} 2>&1 | tail -30 | tee $OUT/timeline.log
 fi
 if has first; then
   timeout 300 python3 -m tritonmla.bench --first-call --json $OUT/first_call.json > $OUT/first_call.log 2>&1

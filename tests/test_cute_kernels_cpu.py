@@ -28,3 +28,12 @@ def test_dense_decode_compiles_to_the_schedule(dtype, page_size):
     assert facts["usetmaxreg"] == 2, ops  # producer down, consumers up
     assert facts["stsm"] >= 8, ops  # P handed over with stmatrix
     assert facts["ldl"] == 0 and facts["stl"] == 0 and kernel["frame_bytes"] == 0, f"local memory: {kernel}"
+
+
+def test_dense_decode_timeline_variant_compiles():
+    """scripts/cute_timeline.py's variant (SM clock stores at each event) builds and keeps the wgmmas asynchronous."""
+    from tritonmla.dense_decode import kernel_sm90_cute
+    facts = kernel_sm90_cute.compile_offline("bf16", 64, timeline=0x7F00_0000_0000)
+    ops = facts["opcodes"]
+    assert facts["hgmma"] == 88 and ops.get("WARPGROUP", 0) <= 22 + 6, ops
+    assert facts["ldl"] == 0 and facts["stl"] == 0, ops

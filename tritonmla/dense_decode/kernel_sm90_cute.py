@@ -60,6 +60,10 @@ BAR_WG = 1  # + role: named barrier over one consumer warpgroup (128 threads), f
 # rates; on H200 here no difference beyond noise, scripts/cute_ab.py).
 EVICT_FIRST, EVICT_NORMAL = 0x12F0000000000000, 0x1000000000000000
 TMA_CACHE_POLICY = EVICT_FIRST
+# Timeline variants (scripts/cute_timeline.py; never the shipped one): one thread per role records the SM clock at 8
+# events per pair of tiles, in the CTAs of m-block 0, KV head 0 and part < TIMELINE_CTAS.
+TIMELINE_CTAS = 4
+TIMELINE_SLOTS = 2048  # events per role and CTA (256 pairs)
 
 
 def _sync(bar: int, n: int) -> None:
@@ -96,13 +100,15 @@ def _vector(dtype, addr, n: cutlass.Constexpr):
 
 class MlaDecodeSm90:
     """One compiled variant per (dtype, page_size, L2 policy of the K loads); heads_kv and causal are runtime
-    arguments."""
+    arguments. timeline: 0, or the device address of an int64 [TIMELINE_CTAS, 3 roles, TIMELINE_SLOTS, 2] buffer
+    that a timeline variant fills with (event, SM clock) rows (mark)."""
 
-    def __init__(self, dtype, page_size: int, cache_policy: int = TMA_CACHE_POLICY):
+    def __init__(self, dtype, page_size: int, cache_policy: int = TMA_CACHE_POLICY, timeline: int = 0):
         assert page_size % BLOCK_N == 0
         self.dtype = dtype
         self.page_size = page_size
         self.cache_policy = cache_policy
+        self.timeline = timeline
 
     # ---------------------------------------------------------------- host side (traced once per variant)
     @cute.jit
@@ -277,6 +283,7 @@ class MlaDecodeSm90:
                             if const_expr(slot == 1):
                                 fills = fills_b + j
                             cute.arch.mbarrier_wait(empty + slot * 2 + g, (fills & 1) ^ 1)
+                            self.mark(2, (fills_a + j) * 8 + g * 2 + slot, g * 2 + slot)
                             for i in cutlass.range_constexpr(HALF_BOXES + g):
                                 c = (i + (slot + g) * HALF_BOXES) % V_BOXES
                                 if i == HALF_BOXES:
@@ -344,11 +351,11 @@ class MlaDecodeSm90:
                 if const_expr(role == 0):
                     self.pair_role0(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
                                     ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end,
-                                    scale_log2, phase_a, phase_b)
+                                    scale_log2, phase_a, phase_b, uses_a * 8)
                 else:
                     self.pair_role1(t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
                                     ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end,
-                                    scale_log2, phase_a, phase_b)
+                                    scale_log2, phase_a, phase_b, uses_a * 8)
                 uses_a += 1
                 if has_b:
                     uses_b += 1
@@ -493,8 +500,11 @@ class MlaDecodeSm90:
 
     @cute.jit
     def pair_role0(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
-                   ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b):
+                   ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b,
+                   mark_at):
+        self.mark(0, mark_at, 0)
         acc_s = self.scores(0, 0, t, sK, tSrQ, qk, ready, phase_a, hi - start_a)
+        self.mark(0, mark_at + 1, 1)
         s_mn = self.masked_scores(acc_s, c0, start_a, hi, key_end, scale_log2)
         m_a = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
@@ -503,6 +513,7 @@ class MlaDecodeSm90:
             sRows[r0, 0] = m_a[0]
             sRows[r0 + 8, 0] = m_a[1]
         cute.arch.mbarrier_arrive(hand + H_M_A)
+        self.mark(0, mark_at + 2, 2)
         factor = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_a[h]), fastmath=True)
@@ -512,8 +523,10 @@ class MlaDecodeSm90:
         warpgroup.fence()
         self.pv(True, pv_rs, acc_o, p_frag, sV, 0, 0)  # O_L += P_A V_A,L
         warpgroup.commit_group()
+        self.mark(0, mark_at + 3, 3)
         # m_B from warpgroup 1; P_A, rescaled to it, goes over tile A's RoPE box for O_R.
         cute.arch.mbarrier_wait(hand + H_M_B, phase_a)  # one hand-off per pair: the pair count's parity
+        self.mark(0, mark_at + 4, 4)
         m_b = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m_b[h] = sRows[r0 + 8 * h, 1]
@@ -523,6 +536,7 @@ class MlaDecodeSm90:
         cute.arch.mbarrier_arrive(hand + H_P_A)
         warpgroup.wait_group(0)
         cute.arch.mbarrier_arrive(empty + 0)  # tile A's left half: only this warpgroup reads it
+        self.mark(0, mark_at + 5, 5)
         self.rescale(acc_o, l_i, factor)
         if has_b:  # O_L += P_B V_B,L (P_B is in tile B's RoPE box since H_M_B)
             for c in cutlass.range_constexpr(HALF_BOXES):
@@ -532,24 +546,30 @@ class MlaDecodeSm90:
             warpgroup.fence()
             self.pv(False, pv_ss, acc_o, tOrP, sV, 1, 0)
             warpgroup.commit_group()
+            self.mark(0, mark_at + 6, 6)
             warpgroup.wait_group(0)
             cute.arch.mbarrier_arrive(empty + 3)  # tile B's left half and P_B
+            self.mark(0, mark_at + 7, 7)
         for h in cutlass.range_constexpr(2):
             m_i[h] = m_b[h]
 
     @cute.jit
     def pair_role1(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
-                   ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end, scale_log2, phase_a, phase_b):
+                   ready, empty, hand, acc_o, m_i, l_i, start_b, has_b, hi, key_end, scale_log2, phase_a, phase_b,
+                   mark_at):
+        self.mark(1, mark_at, 0)
         acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
         acc_s.fill(-Float32.inf)
         s_mn = _rows(acc_s)
         if has_b:
             acc_b = self.scores(1, 1, t, sK, tSrQ, qk, ready, phase_b, hi - start_b)
             acc_s.store(acc_b.load())
+            self.mark(1, mark_at + 1, 1)
             self.masked_scores(acc_s, c0, start_b, hi, key_end, scale_log2)
         cute.arch.mbarrier_wait(hand + H_M_A, phase_a)
         for c in cutlass.range_constexpr(HALF_BOXES, V_BOXES):  # tile A's right half landed (and zeroed) by now
             cute.arch.mbarrier_wait(ready + c, phase_a)
+        self.mark(1, mark_at + 2, 2)
         m_a = cute.make_rmem_tensor((2,), Float32)
         m_b = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
@@ -569,24 +589,42 @@ class MlaDecodeSm90:
             sRows[r0, 1] = m_b[0]
             sRows[r0 + 8, 1] = m_b[1]
         cute.arch.mbarrier_arrive(hand + H_M_B)
+        self.mark(1, mark_at + 3, 3)
         if has_b:  # O_R += P_B V_B,R (without tile B, P_B is 0: nothing to add)
             p_frag = self.to_operand(acc_s)
             warpgroup.fence()
             self.pv(True, pv_rs, acc_o, p_frag, sV, 1, 1)
             warpgroup.commit_group()
+            self.mark(1, mark_at + 4, 4)
         cute.arch.mbarrier_wait(hand + H_P_A, phase_a)
+        self.mark(1, mark_at + 5, 5)
         sP = sK[None, (None, V_BOXES), 0]
         tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sP))
         warpgroup.fence()
         self.pv(False, pv_ss, acc_o, tOrP, sV, 0, 1)  # O_R += P_A V_A,R
         warpgroup.commit_group()
+        self.mark(1, mark_at + 6, 6)
         warpgroup.wait_group(1)  # P_B V_B,R done: its refill need not wait for P_A V_A,R
         if has_b:
             cute.arch.mbarrier_arrive(empty + 2)  # tile B's right half: only this warpgroup reads it
         warpgroup.wait_group(0)
         cute.arch.mbarrier_arrive(empty + 1)  # tile A's right half and P_A
+        self.mark(1, mark_at + 7, 7)
         for h in cutlass.range_constexpr(2):
             m_i[h] = m_b[h]
+
+    @cute.jit
+    def mark(self, role: cutlass.Constexpr, index, event: cutlass.Constexpr):
+        """Timeline variants only: thread 0 of `role` (warpgroup 0, 1, the producer) stores (event, SM clock) as
+        entry `index` of its row of the buffer at self.timeline. No code in the shipped variant."""
+        if const_expr(self.timeline != 0):
+            tidx, _, _ = cute.arch.thread_idx()
+            m_block, kv_head, part = cute.arch.block_idx()
+            if tidx % 128 == 0 and m_block == 0 and kv_head == 0 and part < TIMELINE_CTAS and index < TIMELINE_SLOTS:
+                addr = Int64(self.timeline) + ((Int64(part) * 3 + role) * TIMELINE_SLOTS + index) * 16
+                entry = _vector(Int64, addr, 2)
+                entry[0] = Int64(event)
+                entry[1] = cute.arch.clock64()
 
     @cute.jit
     def safe_max(self, m):
@@ -654,7 +692,7 @@ class MlaDecodeSm90:
                             mLp[split_row, kv_head, row_g] = lse2
 
 
-def compile_offline(dtype_name: str = "bf16", page_size: int = 64) -> dict:
+def compile_offline(dtype_name: str = "bf16", page_size: int = 64, timeline: int = 0) -> dict:
     """Compile one variant with placeholder pointers (no GPU needed: set CUTE_DSL_ARCH=sm_90a before cutlass is
     imported) and return the SASS facts of its cubin (tritonmla.core.cute_runtime.sass_facts): the CPU tests'
     view of the kernel."""
@@ -670,4 +708,4 @@ def compile_offline(dtype_name: str = "bf16", page_size: int = 64) -> dict:
 
     args = (ptr(dtype), ptr(dtype), ptr(i32), ptr(i32), ptr(i32), ptr(i32), ptr(dtype), ptr(f32), ptr(f32), ptr(f32),
             f32(1.0), *(i32(1),) * 5, *(i64(1),) * 3, *(i32(1),) * 5, cuda.CUstream(0))
-    return sass_facts(cute.compile(MlaDecodeSm90(dtype, page_size), *args))
+    return sass_facts(cute.compile(MlaDecodeSm90(dtype, page_size, timeline=timeline), *args))
