@@ -186,3 +186,15 @@ def test_unwritable_cache_still_compiles(cache, monkeypatch):
     with pytest.warns(UserWarning, match="could not write"):
         fn = double()
     assert cr.STATS["compiled"] == 1 and cr.sass_facts(fn)["opcodes"]["LDG"] == 1
+
+
+def test_auto_off_sm90_does_not_import_cute_dsl():
+    """Choosing a dense kernel for a CPU tensor (the interpreter) checks the device before importing CuTe DSL
+    (seconds): a fresh process ends without cutlass imported."""
+    script = ("import sys, torch\nfrom tritonmla.dense_decode import dispatch\n"
+              "q, k = torch.zeros(1, 1, 16, 576, dtype=torch.bfloat16), torch.zeros(4, 64, 1, 576, dtype=torch.bfloat16)\n"
+              "print(dispatch.choose('auto', q, k), dispatch.plans_for_hopper(q.device, 'auto'), 'cutlass' in sys.modules)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TRITONMLA_KERNEL", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["portable", "False", "False"], out.stdout + out.stderr

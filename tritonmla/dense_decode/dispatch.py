@@ -61,8 +61,9 @@ def cute_error() -> Optional[str]:
 
 
 def cute_device(device: torch.device) -> Optional[str]:
-    """None if `device` can run the CuTe DSL kernel (SM90, CuTe DSL importable), else why not."""
-    return cute_error() or sm90_device(device, "the CuTe kernel")
+    """None if `device` can run the CuTe DSL kernel (SM90, CuTe DSL importable), else why not. The device first:
+    importing CuTe DSL takes seconds, which "auto" should not spend on a CPU or another GPU."""
+    return sm90_device(device, "the CuTe kernel") or cute_error()
 
 
 def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:
