@@ -52,11 +52,11 @@ def dense(page_size: int, heads_q: int, seq_q: int) -> None:
         assert "block_table[1, " in str(error), error
     # One plan for both runs (the poisoned lengths would plan differently; the plan itself is not under test).
     sched, splits = tritonmla.get_mla_metadata(x.cache_seqlens, seq_q * heads_q, 1)
-    for kernel in ("portable", "hopper", None):
+    for kernel in ("portable", "hopper", "cute", None):
         try:
             clean = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched,
                                                      splits, causal=True, kernel=kernel)
-        except ValueError as error:  # kernel="hopper" where it cannot run
+        except ValueError as error:  # kernel="hopper" or "cute" where it cannot run
             print(f"  {kernel}: skipped ({error})")
             continue
         bad = tritonmla.flash_mla_with_kvcache(x.q, x.k_cache, bt, seqlens, 512, sched, splits, causal=True,

@@ -17,6 +17,7 @@ import tritonmla
 from tritonmla.core import config_cache
 from tritonmla.core.hopper import hopper_device
 from tritonmla.core.runtime import interpreter_enabled
+from tritonmla.dense_decode import dispatch
 from tritonmla.bench.sparse import make_sparse_inputs
 
 from helpers import make_decode_inputs
@@ -254,6 +255,8 @@ def dense_kernels() -> list:
     kernels = [None, "portable"]
     if torch.cuda.is_available() and hopper_device(torch.device("cuda")) is None:
         kernels.append("hopper")
+    if torch.cuda.is_available() and dispatch.cute_device(torch.device("cuda")) is None:
+        kernels.append("cute")
     return kernels
 
 
@@ -263,7 +266,7 @@ def dense_kernels() -> list:
 def test_dense_bad_page_ids_harm_no_other_request_gpu(kernel, heads_q, seq_q, page_size):
     """Every dense kernel (the Hopper kernel's 8-warp one at 16 rows, the seesaw at 256): no illegal address
     (the CUDA context stays usable), others bitwise the clean run's."""
-    if kernel == "hopper" and page_size % 64:
+    if kernel in ("hopper", "cute") and page_size % 64:
         pytest.skip("the Hopper kernels take page sizes that are multiples of 64")
     x = dense_inputs(page_size, heads_q, seq_q, "cuda")
     clean = dense_run(x, x.block_table, True, kernel)
