@@ -20,7 +20,8 @@ if has ab; then
   timeout 330 python3 scripts/cute_ab.py $base ${AB_ARGS:-} 2>&1 | tail -12 | tee $OUT/ab.log | cut -c1-200
 fi
 if has tests; then
-  timeout 200 python3 -m pytest -q -x tests/test_gpu.py -k "${TESTS:-cute}" -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1
+  timeout 240 python3 -m pytest -q -x tests/test_gpu.py tests/test_bind_cute_cpu.py tests/test_bad_inputs.py -k "${TESTS:-cute}" \
+    -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1
   echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | head -5
 fi
 if has san; then

@@ -316,7 +316,9 @@ def test_device_eager_path():
     costs = host.cpu_us_per_call(steps)
     print("\nus per call (wall median, wall min, thread-CPU median), b=128 s_q=1 h_q=128:",
           {k: tuple(round(v, 1) for v in c) for k, c in costs.items()})
-    assert costs["cute"][2] < 40, costs  # generous: the target is <= ~20 us (the Gluon path: ~24 us)
+    # The claim: no more CPU per call than the Gluon kernel's launch on the same host (absolute costs vary by host:
+    # ~24 us on the H100 host, ~50 us for every path, FlashMLA's too, on the H200 host of NOTES run 21).
+    assert costs["cute"][2] < 1.2 * costs["hopper"][2], costs
 
     done = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)

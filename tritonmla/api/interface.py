@@ -174,9 +174,10 @@ def flash_mla_with_kvcache(
     max_blocks * page_size. Returns out [b, s_q, h_q, 512] (q's dtype) and lse [b, h_q, s_q] float32.
     causal: query i of s_q sees keys < seqlen - s_q + 1 + i. Rows that see no key give out 0, lse +inf.
     tile_scheduler_metadata and num_splits must come from one get_mla_metadata call for these cache_seqlens.
-    kernel (tritonmla's own): "auto" (Gluon Hopper kernel where the inputs allow it, else portable), "hopper"
-    (raise ValueError where it cannot run), "cute" (the CuTe DSL Hopper kernel, dense decoding only; needs
-    nvidia-cutlass-dsl; ValueError where it cannot run) or "portable"; None reads TRITONMLA_KERNEL (default "auto").
+    kernel (tritonmla's own): "auto" (on SM90 where the inputs allow a Hopper kernel: the CuTe DSL kernel if
+    nvidia-cutlass-dsl is installed, else the Gluon one; elsewhere portable), "hopper" (Gluon) or "cute" (CuTe DSL,
+    dense decoding only): ValueError where it cannot run; or "portable"; None reads TRITONMLA_KERNEL (default
+    "auto").
 
     Sparse decoding (indices given; FlashMLA's DeepSeek-V3.2 / MODEL1 mode): q [b, s_q, h_q, 576 or 512] bf16
     (fp16 accepted); k_cache an FP8 cache [num_blocks, page_size, 1, 656 (V3.2) or 584 (MODEL1)]

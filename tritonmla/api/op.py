@@ -78,8 +78,8 @@ def decode_into(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata,
                 softmax_scale: float, causal: bool, out: torch.Tensor, lse: torch.Tensor,
                 partial_fill: float | None = None, kernel: Optional[str] = None) -> str:
     """The decode step into given contiguous out/lse (tests pass poisoned ones; partial_fill poisons the split
-    workspace). kernel: "auto" / "hopper" / "cute" / "portable" / None (TRITONMLA_KERNEL, else auto). Returns the kernel
-    that ran."""
+    workspace). kernel: "auto" / "hopper" / "cute" / "portable" / None (TRITONMLA_KERNEL, else auto). Returns the
+    kernel that ran."""
     key = dense_call.decode_key(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                                 out.shape[-1], softmax_scale, causal, kernel)
     call = dense_call.decode_call(key, q, k_cache, block_table, tile_scheduler_metadata, out.shape[-1], softmax_scale,

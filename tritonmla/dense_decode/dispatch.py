@@ -86,14 +86,14 @@ def choose(kernel: Optional[str], q: torch.Tensor, k_cache: torch.Tensor) -> str
         if why is not None:
             raise ValueError(f"kernel='cute' cannot run here: {why}")
         return "cute"
-    why = hopper_unsupported(q, k_cache)
     if choice == "hopper":
+        why = hopper_unsupported(q, k_cache)
         if why is not None:
             raise ValueError(f"kernel='hopper' cannot run here: {why}")
         return "hopper"
     if _cute_failed is None and cute_unsupported(q, k_cache) is None:
         return "cute"
-    return "hopper" if why is None and _hopper_failed is None else "portable"
+    return "hopper" if _hopper_failed is None and hopper_unsupported(q, k_cache) is None else "portable"
 
 
 def note_cute_failure(error: Exception) -> None:

@@ -499,6 +499,14 @@ class MlaDecodeSm90:
             cute.gemm(mma, acc_o, a_frag[None, None, kk], tOrV[None, None, kk], acc_o)
 
     @cute.jit
+    def pv_shared_p(self, pv_ss, acc_o, sK, sV, slot: cutlass.Constexpr, role: cutlass.Constexpr):
+        """Issue acc_o += P V[:, role half] with the other warpgroup's P from slot's RoPE box; one commit group."""
+        tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sK[None, (None, V_BOXES), slot]))
+        warpgroup.fence()
+        self.pv(False, pv_ss, acc_o, tOrP, sV, slot, role)
+        warpgroup.commit_group()
+
+    @cute.jit
     def pair_role0(self, t, lane, r0, c0, sK, sV, sRows, tSrQ, qk, qk_mma, pv_rs, pv_ss,
                    ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b,
                    mark_at):
@@ -541,11 +549,7 @@ class MlaDecodeSm90:
         if has_b:  # O_L += P_B V_B,L (P_B is in tile B's RoPE box since H_M_B)
             for c in cutlass.range_constexpr(HALF_BOXES):
                 cute.arch.mbarrier_wait(ready + QK_BOXES + c, phase_b)
-            sP = sK[None, (None, V_BOXES), 1]
-            tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sP))
-            warpgroup.fence()
-            self.pv(False, pv_ss, acc_o, tOrP, sV, 1, 0)
-            warpgroup.commit_group()
+            self.pv_shared_p(pv_ss, acc_o, sK, sV, 1, 0)
             self.mark(0, mark_at + 6, 6)
             warpgroup.wait_group(0)
             cute.arch.mbarrier_arrive(empty + 3)  # tile B's left half and P_B
@@ -598,11 +602,7 @@ class MlaDecodeSm90:
             self.mark(1, mark_at + 4, 4)
         cute.arch.mbarrier_wait(hand + H_P_A, phase_a)
         self.mark(1, mark_at + 5, 5)
-        sP = sK[None, (None, V_BOXES), 0]
-        tOrP = pv_ss.make_fragment_A(pv_ss.partition_A(sP))
-        warpgroup.fence()
-        self.pv(False, pv_ss, acc_o, tOrP, sV, 0, 1)  # O_R += P_A V_A,R
-        warpgroup.commit_group()
+        self.pv_shared_p(pv_ss, acc_o, sK, sV, 0, 1)  # O_R += P_A V_A,R
         self.mark(1, mark_at + 6, 6)
         warpgroup.wait_group(1)  # P_B V_B,R done: its refill need not wait for P_A V_A,R
         if has_b:
