@@ -89,7 +89,7 @@ def compile_hopper(layout, dtype="bf16", page=64, page2=64, has=(True, True, Tru
 def compile_combine():
     fn = C.mla_combine_sink_kernel
     names = fn.arg_names
-    const = dict(D_V=512, ROWS=C.COMBINE_ROWS, HAS_SINK=True, RNE_BF16=False)
+    const = dict(D_V=512, ROWS=C.COMBINE_ROWS, COLS=512, SPLITS=2, HAS_SINK=True, RNE_BF16=False)
     ptr = {"OUT_PARTIAL": "*fp32", "LSE_PARTIAL": "*fp32", "NUM_SPLITS": "*i32", "SINK": "*fp32", "OUT": "*bf16",
            "LSE": "*fp32"}
     sig = {n: ptr.get(n) or ("constexpr" if n in const else "i32") for n in names}

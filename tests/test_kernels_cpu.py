@@ -73,6 +73,18 @@ def test_many_splits_and_combine(num_parts):
         assert max(per_request) >= 3, per_request  # the combine kernel really merged several partials
 
 
+def test_one_request_cut_into_more_splits_than_the_combine_reads_at_once():
+    """A small batch: the plan cuts its one request into a piece per part (18 here); the combine reads the splits
+    SPLITS at a time (two full loads and a partial one) over column blocks (a small grid)."""
+    from tritonmla.combine.combine import combine_shape
+    gen = torch.Generator().manual_seed(11)
+    x = make_decode_inputs([1100], 1, 16, 1, 16, torch.float16, "cpu", generator=gen)
+    cols, per_load = combine_shape(2, 1, 1, 512, x.q.device)
+    assert cols < 512
+    splits = run_and_check(x, 1, causal=False, num_parts=40)
+    assert 2 * per_load < int(splits[1] - splits[0]) < 3 * per_load, (splits, per_load)
+
+
 @pytest.mark.parametrize("heads_q,heads_kv", [(16, 1), (6, 2)])
 def test_eight_speculative_tokens(heads_q, heads_kv):
     """s_q = 8 (engines' largest speculative step): up to 128 rows per KV head, two 64-row blocks."""
