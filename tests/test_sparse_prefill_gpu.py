@@ -119,3 +119,30 @@ def test_torch_compile(d_qk):
     args = (x.q, x.kv, x.indices, x.attn_sink, x.topk_length)
     for got, want in zip(compiled(*args), step(*args)):
         assert torch.equal(got, want)
+
+
+def _cute_or_skip():
+    from tritonmla.dense_decode.dispatch import cute_device
+    why = cute_device(torch.device("cuda"))
+    if why is not None:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("heads_q,heads_kv,topk,s_kv,sink,have_len,all_invalid,strided", [
+    (128, 1, 2048, 4096, True, True, False, False), (64, 1, 512, 300, False, False, False, False),
+    (16, 1, 64, 1000, True, False, False, False), (128, 1, 100, 777, False, True, False, True),
+    (24, 2, 200, 777, True, True, False, True), (64, 1, 512, 1521, True, True, True, False),
+    (128, 1, 4096, 4321, True, True, False, False)])
+def test_cute_kernel(monkeypatch, heads_q, heads_kv, topk, s_kv, sink, have_len, all_invalid, strided):
+    """The CuTe DSL Hopper kernel (TRITONMLA_KERNEL=cute, V3.2's d_qk 576): the grid's cases, h_kv 2, row strides,
+    all-invalid queries, a topk past 2048; poisoned outputs."""
+    _cute_or_skip()
+    monkeypatch.setenv("TRITONMLA_KERNEL", "cute")
+    prefill_call.clear()
+    x = make_prefill_inputs(45, s_kv, topk, heads_q, 576, heads_kv, sink=sink, have_topk_length=have_len,
+                            all_invalid=all_invalid, strided=strided, seed=topk + heads_q)
+    call = prefill_call.SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)
+    assert call.cute is not None  # the CuTe kernel runs, not the portable one
+    check(x, *run_poisoned(x))
+    check(x, *tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs()))
+    prefill_call.clear()

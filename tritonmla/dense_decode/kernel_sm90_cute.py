@@ -98,10 +98,37 @@ def _vector(dtype, addr, n: cutlass.Constexpr):
     return cute.make_tensor(ptr, cute.make_layout(n))
 
 
+def smem_layouts(dtype):
+    """(swizzle, K slots, Q, V view) for a kernel's trace: the boxes' 128-byte swizzle lives in the pointer."""
+    swz = warpgroup.make_smem_layout_atom(warpgroup.SmemLayoutAtomKind.K_SW128, dtype).inner
+    # K slots [64 tokens, 576 columns, 2]: box c of slot s is 4096 contiguous elements at s*SLOT + c*4096.
+    k_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES), 2), stride=((BOX, 8 * BOX), (1, BLOCK_N * BOX), SLOT_ELEMS))
+    # Q [64 rows, 576] in the same arrangement.
+    q_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES)), stride=((BOX, 8 * BOX), (1, BLOCK_M * BOX)))
+    # V view of the same slots: [512 columns, 64 tokens, 2], columns contiguous (MN-major B operand).
+    v_outer = cute.make_layout(((BOX, V_BOXES), (8, 8), 2), stride=((1, BLOCK_N * BOX), (BOX, 8 * BOX), SLOT_ELEMS))
+    return swz, k_outer, q_outer, v_outer
+
+
+def shared_storage(dtype):
+    """The shared memory struct: barriers, row buffers, Q and two K slots (~217 KB). (Fields as objects: this
+    module's annotations are strings.)"""
+    fields = {
+        "ready": cute.struct.MemRange[Int64, 2 * QK_BOXES],
+        "empty": cute.struct.MemRange[Int64, 4],  # [slot * 2 + group]
+        "hand": cute.struct.MemRange[Int64, 5],
+        "rows": cute.struct.MemRange[Float32, 4 * BLOCK_M],  # m_A, m_B, l of warpgroup 0, l of warpgroup 1
+        "sQ": cute.struct.Align[cute.struct.MemRange[dtype, BLOCK_M * D_QK], 1024],
+        "sK": cute.struct.Align[cute.struct.MemRange[dtype, 2 * SLOT_ELEMS], 1024],
+    }
+    return cute.struct(type("Storage", (), {"__annotations__": fields}))
+
+
 class MlaDecodeSm90:
     """One compiled variant per (dtype, page_size, L2 policy of the K loads); heads_kv and causal are runtime
     arguments. timeline: 0, or the device address of an int64 [TIMELINE_CTAS, 3 roles, TIMELINE_SLOTS, 2] buffer
     that a timeline variant fills with (event, SM clock) rows (mark)."""
+    READY_ARRIVALS = 1  # a K box lands by one TMA (arrive + expect_tx)
 
     def __init__(self, dtype, page_size: int, cache_policy: int = TMA_CACHE_POLICY, timeline: int = 0):
         assert page_size % BLOCK_N == 0
@@ -138,18 +165,9 @@ class MlaDecodeSm90:
                                                         stride=(heads_kv * rows, rows, 1)))
         m_blocks = (rows + BLOCK_M - 1) // BLOCK_M
         dtype = self.dtype
-        k_atom = warpgroup.make_smem_layout_atom(warpgroup.SmemLayoutAtomKind.K_SW128, dtype)
-        swz = k_atom.inner
+        swz, k_outer, q_outer, v_outer = smem_layouts(dtype)
         # One box [64 tokens, 64 columns], 128-byte swizzle: 8 atoms of 8 rows down the tokens.
         box_layout = cute.make_composed_layout(swz, 0, cute.make_layout(((8, 8), BOX), stride=((BOX, 8 * BOX), 1)))
-        # K slots [64 tokens, 576 columns, 2]: box c of slot s is 4096 contiguous elements at s*SLOT + c*4096.
-        k_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES), 2),
-                                   stride=((BOX, 8 * BOX), (1, BLOCK_N * BOX), SLOT_ELEMS))
-        # Q [64 rows, 576] in the same arrangement.
-        q_outer = cute.make_layout(((8, 8), (BOX, QK_BOXES)), stride=((BOX, 8 * BOX), (1, BLOCK_M * BOX)))
-        # V view of the same slots: [512 columns, 64 tokens, 2], columns contiguous (MN-major B operand).
-        v_outer = cute.make_layout(((BOX, V_BOXES), (8, 8), 2),
-                                   stride=((1, BLOCK_N * BOX), (BOX, 8 * BOX), SLOT_ELEMS))
 
         # The cache as TMA sees it: [num_blocks * page_size, heads_kv * 576].
         mK2 = cute.make_tensor(k_ptr, cute.make_layout((num_blocks * self.page_size, heads_kv * D_QK),
@@ -160,16 +178,7 @@ class MlaDecodeSm90:
         qk_mma = qk_tiled_mma(dtype)
         pv_mma_rs = pv_tiled_mma(dtype, True)
         pv_mma_ss = pv_tiled_mma(dtype, False)
-
-        @cute.struct
-        class Storage:
-            ready: cute.struct.MemRange[Int64, 2 * QK_BOXES]
-            empty: cute.struct.MemRange[Int64, 4]  # [slot * 2 + group]
-            hand: cute.struct.MemRange[Int64, 5]
-            rows: cute.struct.MemRange[Float32, 4 * BLOCK_M]  # m_A, m_B, l of warpgroup 0, l of warpgroup 1
-            sQ: cute.struct.Align[cute.struct.MemRange[dtype, BLOCK_M * D_QK], 1024]
-            sK: cute.struct.Align[cute.struct.MemRange[dtype, 2 * SLOT_ELEMS], 1024]
-
+        Storage = shared_storage(dtype)
         self.kernel(mQ, tma_atom, tma_k, mBT, mSeq, mSched, mNumSplits, mO, mLse, mOp, mLp,
                     scale_log2, seq_q, heads_per_kv, causal, seqlen_cap, num_blocks,
                     qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz, Storage).launch(
@@ -184,32 +193,9 @@ class MlaDecodeSm90:
                causal: Int32, seqlen_cap: Int32, num_blocks: Int32, qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma,
                pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
                q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
-        tidx, _, _ = cute.arch.thread_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = warp // 4
-        smem = cutlass.memory.SmemAllocator()
-        st = smem.allocate(Storage)
-        ready = st.ready.data_ptr()
-        empty = st.empty.data_ptr()
-        hand = st.hand.data_ptr()
-        if warp == 0:
-            with cute.arch.elect_one():
-                for i in cutlass.range_constexpr(2 * QK_BOXES):
-                    cute.arch.mbarrier_init(ready + i, 1)
-                for i in cutlass.range_constexpr(4):
-                    cute.arch.mbarrier_init(empty + i, 128)
-                for i in cutlass.range_constexpr(3):
-                    cute.arch.mbarrier_init(hand + i, 128)
-                for i in cutlass.range_constexpr(3, 5):
-                    cute.arch.mbarrier_init(hand + i, 256)
-        cute.arch.mbarrier_init_fence()
-        cute.arch.sync_threads()
-
-        # The swizzle lives in the pointer (wgmma descriptors want an affine layout on a swizzled pointer).
-        sQ = cute.make_tensor(cute.recast_ptr(st.sQ.data_ptr(), swz), q_outer)
-        sK = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), k_outer)
-        sV = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), v_outer)
-        sRows = st.rows.get_tensor(cute.make_layout((BLOCK_M, 4), stride=(1, BLOCK_M)))
+        ready, empty, hand, sQ, sK, sV, sRows = self.shared(Storage, swz, k_outer, q_outer, v_outer)
 
         part = cute.arch.block_idx()[2]
         begin_req = mSched[part, 0]
@@ -232,6 +218,35 @@ class MlaDecodeSm90:
                 self.consumer(0, *args)
             else:
                 self.consumer(1, *args)
+
+    @cute.jit
+    def shared(self, Storage: cutlass.Constexpr, swz, k_outer, q_outer, v_outer):
+        """The shared memory of a CTA: its barriers initialized (a K box's `ready` takes READY_ARRIVALS arrivals),
+        Q, the two K slots and their V view, the row buffers."""
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        smem = cutlass.memory.SmemAllocator()
+        st = smem.allocate(Storage)
+        ready = st.ready.data_ptr()
+        empty = st.empty.data_ptr()
+        hand = st.hand.data_ptr()
+        if warp == 0:
+            with cute.arch.elect_one():
+                for i in cutlass.range_constexpr(2 * QK_BOXES):
+                    cute.arch.mbarrier_init(ready + i, self.READY_ARRIVALS)
+                for i in cutlass.range_constexpr(4):
+                    cute.arch.mbarrier_init(empty + i, 128)
+                for i in cutlass.range_constexpr(3):
+                    cute.arch.mbarrier_init(hand + i, 128)
+                for i in cutlass.range_constexpr(3, 5):
+                    cute.arch.mbarrier_init(hand + i, 256)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+        # The swizzle lives in the pointer (wgmma descriptors want an affine layout on a swizzled pointer).
+        sQ = cute.make_tensor(cute.recast_ptr(st.sQ.data_ptr(), swz), q_outer)
+        sK = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), k_outer)
+        sV = cute.make_tensor(cute.recast_ptr(st.sK.data_ptr(), swz), v_outer)
+        sRows = st.rows.get_tensor(cute.make_layout((BLOCK_M, 4), stride=(1, BLOCK_M)))
+        return ready, empty, hand, sQ, sK, sV, sRows
 
     @cute.jit
     def request_tiles(self, mSeq: cute.Tensor, b: Int32, begin_req: Int32, begin_tile: Int32, end_req: Int32,
@@ -635,11 +650,9 @@ class MlaDecodeSm90:
         return r
 
     @cute.jit
-    def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
-                 has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
-                 begin_split):
-        """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
-        its partial."""
+    def share_row_sums(self, role: cutlass.Constexpr, lane, r0, l_i, sRows, hand, phase):
+        """This warpgroup's row sums, reduced over the quad, into sRows[:, 2 + role]; returns once both warpgroups'
+        are there (the other's: sRows[:, 3 - role])."""
         for h in cutlass.range_constexpr(2):
             l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=1)
             l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=2)
@@ -648,6 +661,14 @@ class MlaDecodeSm90:
             sRows[r0 + 8, 2 + role] = l_i[1]
         cute.arch.mbarrier_arrive(hand + H_L)
         cute.arch.mbarrier_wait(hand + H_L, phase)
+
+    @cute.jit
+    def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
+                 has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
+                 begin_split):
+        """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
+        its partial."""
+        self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
         o_mn = _rows(acc_o)
         split_begin = mNumSplits[b]
         num_splits = mNumSplits[b + 1] - split_begin

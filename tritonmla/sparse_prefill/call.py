@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ..core.config_cache import remember
+from ..core.config_cache import kernel_env, remember
 from ..core.constants import D_V
 from ..core.launch import current_stream
 from ..core.runtime import uses_triton
@@ -28,7 +28,7 @@ def prefill_key(q, kv, indices, topk_length, attn_sink, sm_scale, d_v) -> tuple:
             kv.shape[1:], kv.stride(), kv.dtype, kv.device,
             indices.shape[1:], indices.stride(), indices.dtype, indices.device,
             _props(topk_length), _props(attn_sink), None if attn_sink is None else attn_sink.shape,
-            sm_scale, type(sm_scale), d_v, type(d_v))
+            sm_scale, type(sm_scale), d_v, type(d_v), kernel_env())
 
 
 def same_tokens(q, indices, topk_length) -> bool:
@@ -49,6 +49,14 @@ class SparsePrefillCall:
         self.has_len, self.has_sink = topk_length is not None, attn_sink is not None
         self.head_blocks = head_blocks(self.heads_q, kv.shape[1])
         self.bound: dict[bool, object] = {}  # 16-byte aligned pointers? -> the bound kernel
+        # The CuTe DSL Hopper kernel (kernel_sm90_cute), opt-in while it is being validated: TRITONMLA_KERNEL=cute
+        # takes it where it can run (an SM90 GPU with CuTe DSL, bf16, d_qk 576, 16-byte rows), else portable.
+        self.cute = None
+        if not self.reference and kernel_env() == "cute":
+            from ..dense_decode.dispatch import cute_device
+            from .bind_cute import BoundPrefillCute, cute_unsupported
+            if cute_device(q.device) is None and cute_unsupported(q, kv, indices) is None:
+                self.cute = BoundPrefillCute(self.has_len, self.has_sink, softmax_scale)
 
     def __call__(self, q, kv, indices, topk_length, attn_sink, out=None, max_logits=None, lse=None):
         """out / max_logits / lse: contiguous tensors to write into (tests pass poisoned ones), else allocated."""
@@ -63,6 +71,10 @@ class SparsePrefillCall:
             max_logits = q.new_empty((s_q, self.heads_q), dtype=torch.float32)
             lse = q.new_empty((s_q, self.heads_q), dtype=torch.float32)
         if s_q == 0:
+            return out, max_logits, lse
+        if self.cute is not None and (q.data_ptr() | kv.data_ptr()) % 16 == 0:
+            self.cute.launch(current_stream(self.device_index), q, kv, indices, topk_length, attn_sink, out,
+                             max_logits, lse)
             return out, max_logits, lse
         # Absent optional inputs: any valid pointer (the kernel's HAS_* flags keep it unread).
         length = topk_length if topk_length is not None else indices

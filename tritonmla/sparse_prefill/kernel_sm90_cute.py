@@ -1,0 +1,234 @@
+"""Hopper (SM90) sparse prefill kernel in CuTe DSL: FlashMLA's flash_mla_sparse_fwd, the dense decode kernel's seesaw
+schedule (dense_decode/kernel_sm90_cute.py: its consumers, hand-offs and pair functions are reused as they are) over
+KV rows gathered by index instead of TMA-loaded pages.
+
+Math, per query token s and head h (V = the first 512 columns of the gathered rows; log2 domain as in decoding):
+    valid j: j < topk_length[s] and 0 <= indices[s, h_kv, j] < s_kv;  s_j = scale*log2e * q.kv[indices[s, h_kv, j]]
+    m = max_j s_j,  l = sum_j 2^(s_j - m),  out = sum_j 2^(s_j - m) v_j / l * 1 / (1 + 2^(sink_h log2e - lse2)),
+    lse2 = m + log2 l;  lse = lse2 ln 2 (+inf where nothing is valid, out 0 there),  max_logits = m ln 2 (-inf there).
+
+One CTA per (64 heads of a KV head, KV head, query token): the consumers see one "request" (the token) whose keys
+are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
+threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
+rows with cp.async (invalid slots read a zero row, so no NaN of an unreferenced row reaches a tile), arriving on the
+box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the dense kernel's
+release order. Invalid slots get -inf scores (masked_scores); their zero rows add nothing to P V.
+Registers: consumers 216, producer warpgroup 72 (FlashMLA's split: 256 x 216 + 128 x 72 <= 64 K).
+"""
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, Int64, const_expr
+from cutlass.cute.nvgpu import cpasync
+
+from ..core.constants import D_QK, D_V
+from ..dense_decode import kernel_sm90_cute as dense
+from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_BOXES, QK_BOXES, THREADS,
+                                             V_BOXES, _rows, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
+                                             smem_layouts)
+
+CONSUMER_REGS = 216
+PRODUCER_REGS = 72
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
+
+class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
+    """One compiled variant per (has_topk_length, has_sink); d_qk 576 (V3.2). Everything else is a runtime argument."""
+    READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
+
+    def __init__(self, has_topk_length: bool, has_sink: bool):
+        super().__init__(cutlass.BFloat16, BLOCK_N)
+        self.has_len = has_topk_length
+        self.has_sink = has_sink
+
+    # ---------------------------------------------------------------- host side
+    @cute.jit
+    def __call__(self, q_ptr: cute.Pointer, kv_ptr: cute.Pointer, idx_ptr: cute.Pointer, len_ptr: cute.Pointer,
+                 sink_ptr: cute.Pointer, zero_ptr: cute.Pointer, o_ptr: cute.Pointer, max_ptr: cute.Pointer,
+                 lse_ptr: cute.Pointer, scale_log2: Float32, s_q: Int32, heads_q: Int32, heads_kv: Int32,
+                 s_kv: Int32, topk: Int32, sq_s8: Int64, sq_h8: Int64, skv_s8: Int64, skv_h8: Int64, sidx_s: Int64,
+                 sidx_h: Int64, stream):
+        """q [s_q, h_q, 576] and kv [s_kv, h_kv, 576] with row strides in units of 8 elements (16-byte rows), indices
+        [s_q, h_kv, topk] (last stride 1), topk_length [s_q], sink [h_q] fp32, zero: 576 zero elements; out
+        [s_q, h_q, 512], max_logits and lse [s_q, h_q], contiguous."""
+        heads_per_kv = heads_q // heads_kv
+        # The decode consumers' view: a batch of s_q requests of one query position each.
+        mQ = cute.make_tensor(q_ptr, cute.make_layout((s_q, 1, heads_q, D_QK), stride=(sq_s8 * 8, 0, sq_h8 * 8, 1)))
+        mO = cute.make_tensor(o_ptr, cute.make_layout((s_q, 1, heads_q, D_V),
+                                                      stride=(Int64(heads_q) * D_V, 0, D_V, 1)))
+        mLse = cute.make_tensor(lse_ptr, cute.make_layout((s_q, heads_q, 1), stride=(heads_q, 1, 0)))
+        mMax = cute.make_tensor(max_ptr, cute.make_layout((s_q, heads_q), stride=(heads_q, 1)))
+        mIdx = cute.make_tensor(idx_ptr, cute.make_layout((s_q, heads_kv, topk), stride=(sidx_s, sidx_h, 1)))
+        mLen = cute.make_tensor(len_ptr, cute.make_layout(s_q))
+        mSink = cute.make_tensor(sink_ptr, cute.make_layout(heads_q))
+        dtype = self.dtype
+        swz, k_outer, q_outer, v_outer = smem_layouts(dtype)
+        qk_mma = qk_tiled_mma(dtype)
+        pv_mma_rs = pv_tiled_mma(dtype, True)
+        pv_mma_ss = pv_tiled_mma(dtype, False)
+        Storage = shared_storage(dtype)
+        m_blocks = (heads_per_kv + BLOCK_M - 1) // BLOCK_M
+        self.kernel(mQ, kv_ptr, zero_ptr, mIdx, mLen, mSink, mO, mMax, mLse, scale_log2, heads_per_kv, s_kv, topk,
+                    skv_s8 * 8, skv_h8 * 8, qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz,
+                    Storage).launch(grid=[m_blocks, heads_kv, s_q], block=[THREADS, 1, 1],
+                                    smem=Storage.size_in_bytes(), stream=stream)
+
+    # ---------------------------------------------------------------- device side
+    @cute.kernel
+    def kernel(self, mQ: cute.Tensor, kv_ptr: cute.Pointer, zero_ptr: cute.Pointer, mIdx: cute.Tensor,
+               mLen: cute.Tensor, mSink: cute.Tensor, mO: cute.Tensor, mMax: cute.Tensor, mLse: cute.Tensor,
+               scale_log2: Float32, heads_per_kv: Int32, s_kv: Int32, topk: Int32, skv_s: Int64, skv_h: Int64,
+               qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma, pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
+               q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = warp // 4
+        ready, empty, hand, sQ, sK, sV, sRows = self.shared(Storage, swz, k_outer, q_outer, v_outer)
+
+        token = cute.arch.block_idx()[2]
+        length = topk
+        if const_expr(self.has_len):
+            length = cutlass.min(cutlass.max(mLen[token], 0), topk)
+        # What the overridden hooks below read (values of this kernel's trace).
+        self.t_idx, self.t_len, self.t_s_kv, self.t_sink, self.t_max = mIdx, length, s_kv, mSink, mMax
+        if wg == 2:
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
+        else:
+            cute.arch.setmaxregister_increase(CONSUMER_REGS)
+            args = (mQ, mLen, mLen, mO, mLse, mO, mLse, sQ, sK, sV, sRows, ready, empty, hand, qk_mma, pv_mma_rs,
+                    pv_mma_ss, scale_log2, Int32(1), heads_per_kv, Int32(0), topk, token, Int32(0), token, Int32(0),
+                    Int32(0))
+            if wg == 0:
+                self.consumer(0, *args)
+            else:
+                self.consumer(1, *args)
+
+    @cute.jit
+    def request_tiles(self, mSeq, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap):
+        """The token's keys: its first `length` topk slots, all in this CTA."""
+        length = self.t_len
+        n_tiles = (length + BLOCK_N - 1) // BLOCK_N
+        return length, Int32(0), length, n_tiles, True
+
+    # ---------------------------------------------------------------- producer: a warpgroup gathering rows
+    @cute.jit
+    def gather(self, kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h):
+        tidx, _, _ = cute.arch.thread_idx()
+        t = tidx % 128
+        group = t // 8  # rows group + 16 k of each tile
+        chunk = t % 8  # 16-byte column chunk of every 64-column box
+        kv_head = cute.arch.block_idx()[1]
+        elem = self.dtype.width // 8
+        atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), self.dtype,
+                                   num_bits_per_copy=128)
+        kv_base = kv_ptr.toint() + kv_head * skv_h * elem
+        zero = zero_ptr.toint()
+        n_tiles = (length + BLOCK_N - 1) // BLOCK_N
+        for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
+            src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
+            for slot in cutlass.range_constexpr(2):
+                for k in cutlass.range_constexpr(BLOCK_N // 16):
+                    col = (2 * j + slot) * BLOCK_N + group + 16 * k
+                    index = Int32(-1)
+                    if col < length:
+                        index = mIdx[token, kv_head, col]
+                    addr = zero
+                    if index >= 0 and index < s_kv:
+                        addr = kv_base + Int64(index) * skv_s * elem
+                    src[slot, k] = addr
+            for g in cutlass.range_constexpr(2):
+                for slot in cutlass.range_constexpr(2):
+                    if 2 * j + slot < n_tiles:
+                        cute.arch.mbarrier_wait(empty + slot * 2 + g, (j & 1) ^ 1)
+                        for i in cutlass.range_constexpr(HALF_BOXES + g):
+                            c = (i + (slot + g) * HALF_BOXES) % V_BOXES
+                            if i == HALF_BOXES:
+                                c = V_BOXES
+                            box = sK[None, (None, c), slot]
+                            for k in cutlass.range_constexpr(BLOCK_N // 16):
+                                row = group + 16 * k
+                                cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
+                                          cute.local_tile(box[row, None], (8,), (chunk,)))
+                            cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
+
+    # ---------------------------------------------------------------- consumer hooks
+    @cute.jit
+    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2):
+        """Scale to the log2 domain; slots past the token's length or naming no row of kv get -inf."""
+        s_mn = _rows(acc_s)
+        token = cute.arch.block_idx()[2]
+        kv_head = cute.arch.block_idx()[1]
+        mIdx, s_kv = self.t_idx, self.t_s_kv  # (locals: the DSL's runtime `if` cannot carry `self`)
+        for g in cutlass.range_constexpr(BLOCK_N // 8):
+            for v in cutlass.range_constexpr(2):
+                col = start + 8 * g + c0 + v
+                index = Int32(-1)
+                if col < hi:
+                    index = mIdx[token, kv_head, col]
+                valid = index >= 0 and index < s_kv
+                for h in cutlass.range_constexpr(2):
+                    x = s_mn[h, (v, g)] * scale_log2
+                    if not valid:
+                        x = -Float32.inf
+                    s_mn[h, (v, g)] = x
+        return s_mn
+
+    @cute.jit
+    def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
+                 has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
+                 begin_split):
+        """l of both warpgroups; out = O / l (times the sink's factor), lse and max_logits (natural log)."""
+        mSink, mMax = self.t_sink, self.t_max
+        self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
+        o_mn = _rows(acc_o)
+        for h in cutlass.range_constexpr(2):
+            row = r0 + 8 * h
+            row_g = m_block * BLOCK_M + row
+            l = l_i[h] + sRows[row, 3 - role]
+            seen = l > 0.0
+            head = kv_head * heads_per_kv + row_g
+            factor = Float32(0.0)
+            lse2 = Float32.inf
+            if seen:
+                lse2 = m_i[h] + cute.math.log2(l, fastmath=True)
+                factor = 1.0 / l
+            if row_g < n_rows:
+                if const_expr(self.has_sink):
+                    if seen:
+                        factor = factor / (1.0 + cute.math.exp2(mSink[head] * LOG2E - lse2, fastmath=True))
+                addr = mO[b, 0, head, None].iterator.toint() + (role * HALF + c0) * (self.dtype.width // 8)
+                pair = cute.make_rmem_tensor((2,), self.dtype)
+                for g in cutlass.range_constexpr(HALF // 8):
+                    for v in cutlass.range_constexpr(2):
+                        pair[v] = (o_mn[h, (v, g)] * factor).to(self.dtype)
+                    cute.autovec_copy(pair, _vector(self.dtype, addr + 8 * g * (self.dtype.width // 8), 2))
+                if const_expr(role == 0):
+                    if lane % 4 == 0:
+                        mLse[b, head, 0] = lse2 * LN2
+                        m = -Float32.inf
+                        if seen:
+                            m = m_i[h] * LN2
+                        mMax[b, head] = m
+
+
+def placeholder_args() -> tuple:
+    """__call__'s arguments for cute.compile: pointers with the alignment calls guarantee (16 bytes for q, kv, the
+    zero row and out; 4 for the rest), placeholder scalars (not baked in)."""
+    import cuda.bindings.driver as cuda
+    from cutlass.cute.runtime import make_ptr
+
+    bf16, f32, i32, i64 = cutlass.BFloat16, cutlass.Float32, cutlass.Int32, cutlass.Int64
+
+    def ptr(t):
+        return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16 if t is bf16 else 4)
+
+    return (ptr(bf16), ptr(bf16), ptr(i32), ptr(i32), ptr(f32), ptr(bf16), ptr(bf16), ptr(f32), ptr(f32),
+            f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, cuda.CUstream(0))
+
+
+def compile_offline(has_topk_length: bool = True, has_sink: bool = True) -> dict:
+    """Compile one variant for sm_90a (no GPU; CUTE_DSL_ARCH=sm_90a) and return the SASS facts of its cubin
+    (tritonmla.core.cute_runtime.sass_facts)."""
+    from ..core.cute_runtime import sass_facts
+    return sass_facts(cute.compile(MlaSparsePrefillSm90(has_topk_length, has_sink), *placeholder_args()))
