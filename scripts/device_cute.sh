@@ -7,7 +7,7 @@
 # .flashmla). STEPS picks steps (default all but first: smoke ab tests san overhead timeline ncu).
 set -u
 export PYTHONUNBUFFERED=1
-STEPS=${STEPS:-smoke ab tests san overhead timeline ncu}  # also: first (first-call table), prefill
+STEPS=${STEPS:-smoke ab tests san overhead timeline ncu}  # also: first (first-call table), prefill, pageid
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 [ -d /tmp/cutedsl/nvidia_cutlass_dsl ] || bash .cutedsl/cute-dsl.sh install .cutedsl /tmp/cutedsl > /dev/null
 export PYTHONPATH=.:/tmp/cutedsl:/tmp/cutedsl/nvidia_cutlass_dsl/dsl_packages
@@ -34,17 +34,23 @@ if has overhead; then
   timeout 120 python3 -m tritonmla.bench --overhead --json $OUT/overhead.json > $OUT/overhead.log 2>&1
   echo "overhead rc=$?"; grep -A12 "thread CPU" $OUT/overhead.log | head -14
 fi
+if has pageid; then  # issue 24: bad page ids on every dense kernel, the default (CuTe) included, under memcheck
+  timeout 150 python3 -m pytest -q tests/test_bad_inputs.py -p no:cacheprovider > $OUT/pageid_tests.log 2>&1
+  echo "pageid tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/pageid_tests.log | head -5
+  timeout 200 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 scripts/sanitize_poison.py \
+    > $OUT/san_poison.log 2>&1; echo "poison memcheck rc=$? $(grep -E 'ERROR SUMMARY' $OUT/san_poison.log | tail -1)"
+fi
 if has timeline; then
   timeout 150 python3 scripts/cute_timeline.py ${TIMELINE_CASE:-} 2>&1 | tail -30 | tee $OUT/timeline.log
 fi
 if has prefill; then  # the CuTe sparse prefill kernel (opt-in: TRITONMLA_KERNEL=cute): tests, sanitizers, FlashMLA's cases
   timeout 150 python3 -m pytest -q -x tests/test_sparse_prefill_gpu.py -k cute_kernel -p no:cacheprovider > $OUT/prefill_tests.log 2>&1
   echo "prefill tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/prefill_tests.log | head -5
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${PREFILL_SAN-memcheck racecheck synccheck}; do
     TRITONMLA_KERNEL=cute timeout 100 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 scripts/sanitize_prefill.py \
       > $OUT/san_prefill_$tool.log 2>&1; echo "prefill $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_prefill_$tool.log | tail -1)"
   done
-  TRITONMLA_KERNEL=cute timeout 200 python3 -m tritonmla.bench sparse-prefill ${PREFILL_ARGS:-} 2>$OUT/prefill_bench.err | tail -14
+  [ "${PREFILL_BENCH:-1}" = 1 ] && TRITONMLA_KERNEL=cute timeout 200 python3 -m tritonmla.bench sparse-prefill ${PREFILL_ARGS:-} 2>$OUT/prefill_bench.err | tail -14
 fi
 if has first; then
   timeout 300 python3 -m tritonmla.bench --first-call --json $OUT/first_call.json > $OUT/first_call.log 2>&1
