@@ -73,16 +73,27 @@ def test_many_splits_and_combine(num_parts):
         assert max(per_request) >= 3, per_request  # the combine kernel really merged several partials
 
 
-def test_one_request_cut_into_more_splits_than_the_combine_reads_at_once():
-    """A small batch: the plan cuts its one request into a piece per part (18 here); the combine reads the splits
-    SPLITS at a time (two full loads and a partial one) over column blocks (a small grid)."""
+@pytest.mark.parametrize("sms,seqlen,num_parts,cols_want", [(4, 1100, 40, 128), (64, 3000, 60, 32)])
+def test_one_request_cut_into_more_splits_than_the_combine_reads_at_once(monkeypatch, sms, seqlen, num_parts,
+                                                                          cols_want):
+    """A small batch: the plan cuts its one request into a piece per part (18 / 47 here); the combine reads the
+    splits SPLITS at a time (full loads and a partial one) over column blocks (a small grid; with 64 SMs the
+    narrowest, MIN_COLS)."""
     from tritonmla.combine.combine import combine_shape
-    gen = torch.Generator().manual_seed(11)
-    x = make_decode_inputs([1100], 1, 16, 1, 16, torch.float16, "cpu", generator=gen)
-    cols, per_load = combine_shape(2, 1, 1, 512, x.q.device)
-    assert cols < 512
-    splits = run_and_check(x, 1, causal=False, num_parts=40)
-    assert 2 * per_load < int(splits[1] - splits[0]) < 3 * per_load, (splits, per_load)
+    from tritonmla.core import runtime
+    monkeypatch.setattr(runtime, "INTERPRETER_SM_COUNT", sms)
+    runtime.sm_count.cache_clear()  # (cached per device)
+    try:
+        gen = torch.Generator().manual_seed(11)
+        x = make_decode_inputs([seqlen], 1, 16, 1, 16, torch.float16, "cpu", generator=gen)
+        cols, per_load = combine_shape(2, 1, 1, 512, x.q.device)
+        assert cols == cols_want
+        splits = run_and_check(x, 1, causal=False, num_parts=num_parts)
+        n = int(splits[1] - splits[0])
+        assert per_load < n < 3 * per_load and n % per_load, (splits, per_load)
+    finally:
+        monkeypatch.undo()
+        runtime.sm_count.cache_clear()
 
 
 @pytest.mark.parametrize("heads_q,heads_kv", [(16, 1), (6, 2)])

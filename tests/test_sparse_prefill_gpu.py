@@ -23,6 +23,19 @@ OUT_TOL = dict(abs_tol=8e-4, rel_tol=3.01 / 128, cos_diff_tol=7e-6)
 STAT_TOL = dict(abs_tol=1e-6, rel_tol=2.01 / 65536)
 
 
+@pytest.fixture(params=["auto", "portable"], autouse=True)
+def kernel(request, monkeypatch):
+    """Every test on the default choice (the CuTe DSL kernel on SM90 where CuTe DSL is installed) and on the
+    portable Triton kernel."""
+    if request.param == "portable":
+        monkeypatch.setenv("TRITONMLA_KERNEL", "portable")
+    else:
+        monkeypatch.delenv("TRITONMLA_KERNEL", raising=False)
+    prefill_call.clear()
+    yield request.param
+    prefill_call.clear()
+
+
 def check(x, out, max_logits, lse, rows=slice(None)):
     """Against the float32 reference's output before any bf16 rounding (what FlashMLA's test compares with)."""
     length = x.topk_length[rows] if x.topk_length is not None else None
@@ -128,21 +141,47 @@ def _cute_or_skip():
         pytest.skip(why)
 
 
-@pytest.mark.parametrize("heads_q,heads_kv,topk,s_kv,sink,have_len,all_invalid,strided", [
-    (128, 1, 2048, 4096, True, True, False, False), (64, 1, 512, 300, False, False, False, False),
-    (16, 1, 64, 1000, True, False, False, False), (128, 1, 100, 777, False, True, False, True),
-    (24, 2, 200, 777, True, True, False, True), (64, 1, 512, 1521, True, True, True, False),
-    (128, 1, 4096, 4321, True, True, False, False)])
-def test_cute_kernel(monkeypatch, heads_q, heads_kv, topk, s_kv, sink, have_len, all_invalid, strided):
-    """The CuTe DSL Hopper kernel (TRITONMLA_KERNEL=cute, V3.2's d_qk 576): the grid's cases, h_kv 2, row strides,
+@pytest.mark.parametrize("d_qk,heads_q,heads_kv,topk,s_kv,sink,have_len,all_invalid,strided", [
+    (576, 128, 1, 2048, 4096, True, True, False, False), (576, 64, 1, 512, 300, False, False, False, False),
+    (576, 16, 1, 64, 1000, True, False, False, False), (576, 128, 1, 100, 777, False, True, False, True),
+    (576, 24, 2, 200, 777, True, True, False, True), (576, 64, 1, 512, 1521, True, True, True, False),
+    (576, 128, 1, 4096, 4321, True, True, False, False), (512, 128, 1, 1024, 4096, True, True, False, False),
+    (512, 64, 1, 512, 300, False, False, False, True), (512, 24, 2, 200, 777, True, True, True, True)])
+def test_cute_kernel(monkeypatch, kernel, d_qk, heads_q, heads_kv, topk, s_kv, sink, have_len, all_invalid, strided):
+    """The CuTe DSL Hopper kernel named (TRITONMLA_KERNEL=cute), both d_qk: the grid's cases, h_kv 2, row strides,
     all-invalid queries, a topk past 2048; poisoned outputs."""
+    if kernel != "auto":
+        pytest.skip("names its kernel")
     _cute_or_skip()
     monkeypatch.setenv("TRITONMLA_KERNEL", "cute")
     prefill_call.clear()
-    x = make_prefill_inputs(45, s_kv, topk, heads_q, 576, heads_kv, sink=sink, have_topk_length=have_len,
+    x = make_prefill_inputs(45, s_kv, topk, heads_q, d_qk, heads_kv, sink=sink, have_topk_length=have_len,
                             all_invalid=all_invalid, strided=strided, seed=topk + heads_q)
     call = prefill_call.SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)
     assert call.cute is not None  # the CuTe kernel runs, not the portable one
     check(x, *run_poisoned(x))
     check(x, *tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs()))
     prefill_call.clear()
+
+
+def test_default_takes_the_cute_kernel_and_falls_back_when_it_fails_to_build(monkeypatch, kernel):
+    """By default an SM90 GPU with CuTe DSL runs the CuTe kernel; if it fails to build, the call warns and the
+    portable kernel serves (correctly); TRITONMLA_KERNEL=cute raises instead."""
+    if kernel != "auto":
+        pytest.skip("names its kernel")
+    _cute_or_skip()
+    from tritonmla.sparse_prefill import bind_cute
+    x = make_prefill_inputs(20, 700, 128, 64, 512, sink=True, have_topk_length=True, seed=11)
+    call = prefill_call.SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)
+    assert call.cute is not None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated build failure")
+    monkeypatch.setattr(bind_cute, "BoundPrefillCute", broken)
+    prefill_call.clear()
+    with pytest.warns(RuntimeWarning, match="simulated build failure"):
+        check(x, *tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs()))
+    monkeypatch.setenv("TRITONMLA_KERNEL", "cute")
+    prefill_call.clear()
+    with pytest.raises(RuntimeError, match="simulated"):
+        tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs())

@@ -4,10 +4,12 @@ LSE merge, in the log2 domain the decode kernel writes: with split i giving (o_i
     m = max_i lse_i,  w_i = 2^(lse_i - m),  o = sum_i w_i o_i / sum_i w_i,  lse = (m + log2 sum_i w_i) * ln 2.
 Splits that saw no key have lse_i = -inf (w_i = 0); a row no split saw gets o = 0, lse = +inf.
 One program per (COMBINE_ROWS query rows, block of output columns, request, KV head); requests the plan kept whole
-(one split) were written by the decode kernel. The splits are read SPLITS at a time (one wide load each), not one
-after another: a small batch has one request cut into up to one piece per SM (b 1, sk 4096: 64 splits), and a loop
-of 64 dependent loads cost 64 us where the decode kernel took a few (H200, NOTES.md run 21); there the columns are
-cut into blocks too (combine_shape), so that the merge runs on more SMs.
+(one split) were written by the decode kernel. The splits are read SPLITS at a time (one wide load of o and lse
+each, one pass with a running max), not one after another: a small batch has one request cut into up to one piece
+per SM (b 1, sk 4096: 64 splits), and a loop of 64 dependent loads cost 64 us where the decode kernel took a few
+(H200, NOTES.md run 21); there the columns are cut into blocks too (combine_shape, down to MIN_COLS), so that the
+merge runs on more SMs. The column blocks depend on the batch size: warmup() runs one call per variant
+(combine_batches).
 mla_combine_sink_kernel is the same merge for the sparse path (one KV head), with FlashMLA's attention sink.
 
 (Folding this into the decode kernel, the last split to finish merging its request, was tried and measured:
@@ -30,24 +32,26 @@ from ..core.triton_helpers import round_to
 def merge_splits(o_ptr, lse_ptr, row_ok, num_splits, stride_ps, stride_pls, ROWS: tl.constexpr, COLS: tl.constexpr,
                  SPLITS: tl.constexpr):
     """(sum_i w_i o_i, sum_i w_i, m) over the splits of ROWS rows (o_ptr [ROWS, COLS], lse_ptr [ROWS] at split 0;
-    rows not row_ok read nothing), w_i = 2^(lse_i - m), m = max lse_i (0 if all -inf); SPLITS splits per load."""
+    rows not row_ok read nothing), w_i = 2^(lse_i - m), m = max lse_i (0 if all -inf); SPLITS splits per load.
+    One pass, the running max rescaling what is summed so far: a chunk's lse and o loads go out together, so a
+    request of n splits costs n / SPLITS dependent loads."""
     offs_s = tl.arange(0, SPLITS)
     lse_max = tl.full([ROWS], float("-inf"), tl.float32)
-    for first in range(0, num_splits, SPLITS):
-        ok = ((first + offs_s) < num_splits)[:, None] & row_ok[None, :]
-        lse = tl.load(lse_ptr[None, :] + (first + offs_s)[:, None] * stride_pls, mask=ok, other=float("-inf"))
-        lse_max = tl.maximum(lse_max, tl.max(lse, axis=0))
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     weight_sum = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, COLS], tl.float32)
     for first in range(0, num_splits, SPLITS):
         split = first + offs_s
         ok = (split < num_splits)[:, None] & row_ok[None, :]
-        w = tl.math.exp2(tl.load(lse_ptr[None, :] + split[:, None] * stride_pls, mask=ok, other=float("-inf"))
-                         - lse_max[None, :])
-        weight_sum += tl.sum(w, axis=0)
+        lse = tl.load(lse_ptr[None, :] + split[:, None] * stride_pls, mask=ok, other=float("-inf"))
         o = tl.load(o_ptr[None, :, :] + split[:, None, None] * stride_ps, mask=ok[:, :, None], other=0.0)
-        acc += tl.sum(w[:, :, None] * o, axis=0)
+        new_max = tl.maximum(lse_max, tl.max(lse, axis=0))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = tl.math.exp2(lse_max - safe_max)  # 0 while nothing was seen
+        w = tl.math.exp2(lse - safe_max[None, :])
+        weight_sum = weight_sum * alpha + tl.sum(w, axis=0)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=0)
+        lse_max = new_max
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     return acc, weight_sum, lse_max
 
 
@@ -93,19 +97,30 @@ def mla_combine_kernel(
 
 # Query rows per program (sparse V3.2 case, H100: 1 / 4 / 8 / 16 rows -> 245.3 / 243.5 / 243.6 / 246.3 us).
 COMBINE_ROWS = 8
+MIN_COLS = 32  # narrowest column block (b 1, h_q 16: 2 row blocks x 16 column blocks, 32 splits per load)
 TILE = 8192  # partial elements one load of a program reads (SPLITS x ROWS x COLS): 64 registers a thread at 4 warps
 
 
 def combine_shape(row_blocks: int, batch: int, heads_kv: int, d_v: int, device: torch.device) -> tuple[int, int]:
     """(COLS, SPLITS): output columns per program and splits per load. A batch whose programs do not fill the GPU
     twice (a small batch, whose requests the plan cuts into many splits) gets its columns cut into blocks of down
-    to 128; a large one keeps whole rows (most of its programs exit at once: it has few splits)."""
+    to MIN_COLS; a large one keeps whole rows (most of its programs exit at once: it has few splits)."""
     programs = row_blocks * batch * heads_kv
     col_blocks = 1
-    while col_blocks < d_v // 128 and programs * col_blocks < 2 * sm_count(device):
+    while col_blocks < d_v // MIN_COLS and programs * col_blocks < 2 * sm_count(device):
         col_blocks *= 2
     cols = d_v // col_blocks
     return cols, max(1, TILE // (COMBINE_ROWS * cols))
+
+
+def combine_batches(rows: int, heads_kv: int, d_v: int, device: torch.device) -> list[int]:
+    """The smallest batch size of each combine variant (combine_shape) that decode calls with `rows` query rows per
+    KV head can take: what warmup runs so that no batch size compiles while serving."""
+    row_blocks = triton.cdiv(rows, COMBINE_ROWS)
+    first: dict = {}
+    for batch in range(1, 2 * sm_count(device) + 1):  # from 2 * SMs requests on, whole rows (col_blocks 1)
+        first.setdefault(combine_shape(row_blocks, batch, heads_kv, d_v, device), batch)
+    return sorted(first.values())
 
 
 def bind_combine(out_partial, lse_partial, num_splits, out, lse, heads_per_kv: int) -> BoundKernel:

@@ -129,6 +129,7 @@ class MlaDecodeSm90:
     arguments. timeline: 0, or the device address of an int64 [TIMELINE_CTAS, 3 roles, TIMELINE_SLOTS, 2] buffer
     that a timeline variant fills with (event, SM clock) rows (mark)."""
     READY_ARRIVALS = 1  # a K box lands by one TMA (arrive + expect_tx)
+    QK_USED = QK_BOXES  # boxes of Q and K that S reads (a subclass with d_qk 512 leaves the RoPE box out)
 
     def __init__(self, dtype, page_size: int, cache_policy: int = TMA_CACHE_POLICY, timeline: int = 0):
         assert page_size % BLOCK_N == 0
@@ -389,7 +390,7 @@ class MlaDecodeSm90:
             q_pos = row_g // heads_per_kv
             head = kv_head * heads_per_kv + row_g % heads_per_kv
             row_addr = mQ[b, q_pos, head, None].iterator.toint()  # q's rows are 16-byte aligned (BoundCute)
-            for c in cutlass.range_constexpr(role, QK_BOXES, 2):
+            for c in cutlass.range_constexpr(role, self.QK_USED, 2):
                 frag = cute.make_rmem_tensor((8,), self.dtype)
                 frag.fill(0.0)
                 if row_g < n_rows:
@@ -405,7 +406,7 @@ class MlaDecodeSm90:
         qk_mma = qk_tiled_mma(self.dtype)  # a local copy: its ACCUMULATE field changes below
         acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
         tSrK = qk.make_fragment_B(qk.partition_B(sK[None, None, slot]))  # (MMA, 1, 36)
-        for i in cutlass.range_constexpr(QK_BOXES):
+        for i in cutlass.range_constexpr(self.QK_USED):
             c = V_BOXES
             if const_expr(i < V_BOXES):
                 c = (i + slot * HALF_BOXES) % V_BOXES
@@ -429,9 +430,14 @@ class MlaDecodeSm90:
         warpgroup.wait_group(0)
         return acc_s
 
+    def score_inputs(self, c0, start, hi):
+        """What masked_scores will need from global memory, loaded before S is issued so that its latency hides
+        under the wgmmas (a subclass hook: decoding masks by position only, so nothing)."""
+        return None
+
     @cute.jit
-    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2):
-        """Scale to the log2 domain; keys past the part's end or the causal edge get -inf."""
+    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2, pre):
+        """Scale to the log2 domain; keys past the part's end or the causal edge get -inf. (pre: score_inputs')"""
         s_mn = _rows(acc_s)
         for h in cutlass.range_constexpr(2):
             end = cutlass.min(hi, key_end[h])
@@ -526,9 +532,10 @@ class MlaDecodeSm90:
                    ready, empty, hand, acc_o, m_i, l_i, start_a, has_b, hi, key_end, scale_log2, phase_a, phase_b,
                    mark_at):
         self.mark(0, mark_at, 0)
+        pre = self.score_inputs(c0, start_a, hi)
         acc_s = self.scores(0, 0, t, sK, tSrQ, qk, ready, phase_a, hi - start_a)
         self.mark(0, mark_at + 1, 1)
-        s_mn = self.masked_scores(acc_s, c0, start_a, hi, key_end, scale_log2)
+        s_mn = self.masked_scores(acc_s, c0, start_a, hi, key_end, scale_log2, pre)
         m_a = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m_a[h] = self.row_max(s_mn, m_i, h)
@@ -581,10 +588,11 @@ class MlaDecodeSm90:
         acc_s.fill(-Float32.inf)
         s_mn = _rows(acc_s)
         if has_b:
+            pre = self.score_inputs(c0, start_b, hi)
             acc_b = self.scores(1, 1, t, sK, tSrQ, qk, ready, phase_b, hi - start_b)
             acc_s.store(acc_b.load())
             self.mark(1, mark_at + 1, 1)
-            self.masked_scores(acc_s, c0, start_b, hi, key_end, scale_log2)
+            self.masked_scores(acc_s, c0, start_b, hi, key_end, scale_log2, pre)
         cute.arch.mbarrier_wait(hand + H_M_A, phase_a)
         for c in cutlass.range_constexpr(HALF_BOXES, V_BOXES):  # tile A's right half landed (and zeroed) by now
             cute.arch.mbarrier_wait(ready + c, phase_a)

@@ -1,5 +1,5 @@
 """The CuTe DSL sparse prefill kernel (kernel_sm90_cute) bound to one configuration: compiled once per variant
-(topk_length given, sink given) and machine (core.cute_runtime.compile_cached, disk cache), launched through the
+(topk_length given, sink given, d_qk) and machine (core.cute_runtime.compile_cached, disk cache), launched through the
 DSL's own call path (a prefill call runs for milliseconds: its ~40 us of CPU do not matter)."""
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Optional
 import torch
 
 from ..core import constants as _constants
-from ..core.constants import D_QK
+from ..core.constants import D_QK, D_V
 from ..core.cute_runtime import compile_cached
 from ..dense_decode import kernel_sm90_cute as _dense
 from . import kernel_sm90_cute
 
+L2_HINTS = True  # gathered rows with EVICT_LAST and a 256-byte L2 prefetch (scripts/prefill_ab.py turns it off)
 _ZEROS: dict = {}  # device -> a zero kv row: what the producer reads for an invalid index
 
 
@@ -21,8 +22,8 @@ def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -
     """None if these inputs can take the CuTe prefill kernel, else why not (the device is checked by the caller)."""
     if q.dtype != torch.bfloat16 or kv.dtype != torch.bfloat16:
         return "the CuTe prefill kernel takes bf16 q and kv"
-    if q.shape[-1] != D_QK:
-        return f"the CuTe prefill kernel takes d_qk {D_QK} (V3.2), got {q.shape[-1]}"
+    if q.shape[-1] not in (D_QK, D_V):
+        return f"the CuTe prefill kernel takes d_qk {D_QK} (V3.2) or {D_V} (MODEL1), got {q.shape[-1]}"
     if q.stride(-1) != 1 or kv.stride(-1) != 1 or indices.stride(-1) != 1:
         return "the CuTe prefill kernel needs q, kv and indices contiguous in their last dimension"
     if any(s % 8 for s in (*q.stride()[:2], *kv.stride()[:2])):
@@ -32,18 +33,20 @@ def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -
     return None
 
 
-def _build(has_len: bool, has_sink: bool):
-    return kernel_sm90_cute.MlaSparsePrefillSm90(has_len, has_sink), kernel_sm90_cute.placeholder_args(), {}
+def _build(has_len: bool, has_sink: bool, d_qk: int, l2_hints: bool):
+    return (kernel_sm90_cute.MlaSparsePrefillSm90(has_len, has_sink, d_qk, l2_hints), kernel_sm90_cute.placeholder_args(),
+            {})
 
 
 class BoundPrefillCute:
     """launch(stream, q, kv, indices, topk_length, attn_sink, out, max_logits, lse): one flash_mla_sparse_fwd."""
 
-    def __init__(self, has_len: bool, has_sink: bool, softmax_scale: float):
+    def __init__(self, has_len: bool, has_sink: bool, d_qk: int, softmax_scale: float):
         self.has_len, self.has_sink = has_len, has_sink
         self.scale_log2 = softmax_scale * 1.4426950408889634
-        key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink))
-        self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink)),
+        key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink), int(d_qk), L2_HINTS)
+        self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink), int(d_qk),
+                                                              L2_HINTS),
                                        sources=(kernel_sm90_cute.__file__, _dense.__file__, _constants.__file__))
 
     def launch(self, stream: int, q, kv, indices, topk_length, attn_sink, out, max_logits, lse) -> None:

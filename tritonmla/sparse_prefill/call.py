@@ -5,6 +5,7 @@ lookup, three allocations and one launch straight into Triton's C launcher, with
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -49,14 +50,23 @@ class SparsePrefillCall:
         self.has_len, self.has_sink = topk_length is not None, attn_sink is not None
         self.head_blocks = head_blocks(self.heads_q, kv.shape[1])
         self.bound: dict[bool, object] = {}  # 16-byte aligned pointers? -> the bound kernel
-        # The CuTe DSL Hopper kernel (kernel_sm90_cute), opt-in while it is being validated: TRITONMLA_KERNEL=cute
-        # takes it where it can run (an SM90 GPU with CuTe DSL, bf16, d_qk 576, 16-byte rows), else portable.
+        # The CuTe DSL Hopper kernel (kernel_sm90_cute) wherever it can run (an SM90 GPU with CuTe DSL, bf16, 16-byte
+        # rows), else the portable one; TRITONMLA_KERNEL=portable asks for the portable one. A build failure falls
+        # back with a warning, unless TRITONMLA_KERNEL=cute named the CuTe kernel.
         self.cute = None
-        if not self.reference and kernel_env() == "cute":
+        choice = kernel_env()
+        if not self.reference and choice != "portable":
             from ..dense_decode.dispatch import cute_device
             from .bind_cute import BoundPrefillCute, cute_unsupported
             if cute_device(q.device) is None and cute_unsupported(q, kv, indices) is None:
-                self.cute = BoundPrefillCute(self.has_len, self.has_sink, softmax_scale)
+                try:
+                    self.cute = BoundPrefillCute(self.has_len, self.has_sink, q.shape[-1], softmax_scale)
+                except Exception as error:  # noqa: BLE001  (a DSL or toolchain failure: the portable kernel serves)
+                    if choice == "cute":
+                        raise
+                    warnings.warn(f"tritonmla: the CuTe DSL sparse prefill kernel failed to build "
+                                  f"({type(error).__name__}: {error}); using the portable kernel", RuntimeWarning,
+                                  stacklevel=2)
 
     def __call__(self, q, kv, indices, topk_length, attn_sink, out=None, max_logits=None, lse=None):
         """out / max_logits / lse: contiguous tensors to write into (tests pass poisoned ones), else allocated."""

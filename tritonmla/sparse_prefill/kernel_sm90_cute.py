@@ -7,6 +7,9 @@ Math, per query token s and head h (V = the first 512 columns of the gathered ro
     m = max_j s_j,  l = sum_j 2^(s_j - m),  out = sum_j 2^(s_j - m) v_j / l * 1 / (1 + 2^(sink_h log2e - lse2)),
     lse2 = m + log2 l;  lse = lse2 ln 2 (+inf where nothing is valid, out 0 there),  max_logits = m ln 2 (-inf there).
 
+d_qk 576 (V3.2) or 512 (MODEL1, a compile-time parameter): at 512 S reads the 8 V boxes only (QK_USED) and the
+producer gathers no RoPE box; the P exchange still goes through that box's shared memory, which nothing else uses.
+
 One CTA per (64 heads of a KV head, KV head, query token): the consumers see one "request" (the token) whose keys
 are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
 threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
@@ -20,7 +23,9 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64, const_expr
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync
+from cutlass.cutlass_dsl import dsl_user_op
 
 from ..core.constants import D_QK, D_V
 from ..dense_decode import kernel_sm90_cute as dense
@@ -28,19 +33,34 @@ from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_B
                                              V_BOXES, _rows, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
                                              smem_layouts)
 
+EVICT_LAST = 0x14F0000000000000  # L2 policy of the gathered rows (CUTLASS's CacheHintSm90): later tokens pick them too
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
 
+@dsl_user_op
+def _gather_16(dst: Int32, src: Int64, src_size: Int32, policy: Int64, *, loc=None, ip=None) -> None:
+    """cp.async of 16 bytes to shared address dst (zero-filled past src_size), with an L2 eviction policy and a
+    256-byte L2 prefetch (the row's next box): what the DSL's CopyG2SOp cannot say."""
+    llvm.inline_asm(None, [Int32(dst).ir_value(loc=loc, ip=ip), Int64(src).ir_value(loc=loc, ip=ip),
+                           Int32(src_size).ir_value(loc=loc, ip=ip), Int64(policy).ir_value(loc=loc, ip=ip)],
+                    "cp.async.cg.shared.global.L2::cache_hint.L2::256B [$0], [$1], 16, $2, $3;", "r,l,r,l",
+                    has_side_effects=True, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
 class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
-    """One compiled variant per (has_topk_length, has_sink); d_qk 576 (V3.2). Everything else is a runtime argument."""
+    """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
 
-    def __init__(self, has_topk_length: bool, has_sink: bool):
+    def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, l2_hints: bool = True):
+        assert d_qk in (D_QK, D_V)
+        self.l2_hints = l2_hints
         super().__init__(cutlass.BFloat16, BLOCK_N)
         self.has_len = has_topk_length
         self.has_sink = has_sink
+        self.d_qk = d_qk
+        self.QK_USED = d_qk // BOX
 
     # ---------------------------------------------------------------- host side
     @cute.jit
@@ -49,12 +69,13 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                  lse_ptr: cute.Pointer, scale_log2: Float32, s_q: Int32, heads_q: Int32, heads_kv: Int32,
                  s_kv: Int32, topk: Int32, sq_s8: Int64, sq_h8: Int64, skv_s8: Int64, skv_h8: Int64, sidx_s: Int64,
                  sidx_h: Int64, stream):
-        """q [s_q, h_q, 576] and kv [s_kv, h_kv, 576] with row strides in units of 8 elements (16-byte rows), indices
+        """q [s_q, h_q, d_qk] and kv [s_kv, h_kv, d_qk] with row strides in units of 8 elements (16-byte rows), indices
         [s_q, h_kv, topk] (last stride 1), topk_length [s_q], sink [h_q] fp32, zero: 576 zero elements; out
         [s_q, h_q, 512], max_logits and lse [s_q, h_q], contiguous."""
         heads_per_kv = heads_q // heads_kv
         # The decode consumers' view: a batch of s_q requests of one query position each.
-        mQ = cute.make_tensor(q_ptr, cute.make_layout((s_q, 1, heads_q, D_QK), stride=(sq_s8 * 8, 0, sq_h8 * 8, 1)))
+        mQ = cute.make_tensor(q_ptr, cute.make_layout((s_q, 1, heads_q, self.d_qk),
+                                                      stride=(sq_s8 * 8, 0, sq_h8 * 8, 1)))
         mO = cute.make_tensor(o_ptr, cute.make_layout((s_q, 1, heads_q, D_V),
                                                       stride=(Int64(heads_q) * D_V, 0, D_V, 1)))
         mLse = cute.make_tensor(lse_ptr, cute.make_layout((s_q, heads_q, 1), stride=(heads_q, 1, 0)))
@@ -141,31 +162,49 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                 for slot in cutlass.range_constexpr(2):
                     if 2 * j + slot < n_tiles:
                         cute.arch.mbarrier_wait(empty + slot * 2 + g, (j & 1) ^ 1)
-                        for i in cutlass.range_constexpr(HALF_BOXES + g):
+                        # (the second group's extra box is the RoPE box, gathered only at d_qk 576)
+                        for i in cutlass.range_constexpr(HALF_BOXES + g * (self.QK_USED - V_BOXES)):
                             c = (i + (slot + g) * HALF_BOXES) % V_BOXES
                             if i == HALF_BOXES:
                                 c = V_BOXES
                             box = sK[None, (None, c), slot]
                             for k in cutlass.range_constexpr(BLOCK_N // 16):
                                 row = group + 16 * k
-                                cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
-                                          cute.local_tile(box[row, None], (8,), (chunk,)))
+                                dst = cute.local_tile(box[row, None], (8,), (chunk,))
+                                if const_expr(self.l2_hints):
+                                    _gather_16(dst.iterator.toint(), src[slot, k] + (c * BOX + chunk * 8) * elem,
+                                               Int32(16), Int64(EVICT_LAST))
+                                else:
+                                    cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem,
+                                                            8), dst)
                             cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
 
     # ---------------------------------------------------------------- consumer hooks
     @cute.jit
-    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2):
-        """Scale to the log2 domain; slots past the token's length or naming no row of kv get -inf."""
-        s_mn = _rows(acc_s)
+    def score_inputs(self, c0, start, hi):
+        """The indices of this thread's 16 columns of the tile (-1 past the token's length), loaded before S."""
         token = cute.arch.block_idx()[2]
         kv_head = cute.arch.block_idx()[1]
-        mIdx, s_kv = self.t_idx, self.t_s_kv  # (locals: the DSL's runtime `if` cannot carry `self`)
+        mIdx = self.t_idx
+        idx = cute.make_rmem_tensor((BLOCK_N // 4,), Int32)
         for g in cutlass.range_constexpr(BLOCK_N // 8):
             for v in cutlass.range_constexpr(2):
                 col = start + 8 * g + c0 + v
                 index = Int32(-1)
                 if col < hi:
                     index = mIdx[token, kv_head, col]
+                idx[2 * g + v] = index
+        return idx
+
+    @cute.jit
+    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2, pre):
+        """Scale to the log2 domain; slots past the token's length or naming no row of kv (pre: their indices)
+        get -inf."""
+        s_mn = _rows(acc_s)
+        s_kv = self.t_s_kv  # (a local: the DSL's runtime `if` cannot carry `self`)
+        for g in cutlass.range_constexpr(BLOCK_N // 8):
+            for v in cutlass.range_constexpr(2):
+                index = pre[2 * g + v]
                 valid = index >= 0 and index < s_kv
                 for h in cutlass.range_constexpr(2):
                     x = s_mn[h, (v, g)] * scale_log2
@@ -227,8 +266,10 @@ def placeholder_args() -> tuple:
             f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, cuda.CUstream(0))
 
 
-def compile_offline(has_topk_length: bool = True, has_sink: bool = True) -> dict:
+def compile_offline(has_topk_length: bool = True, has_sink: bool = True, d_qk: int = D_QK,
+                    l2_hints: bool = True) -> dict:
     """Compile one variant for sm_90a (no GPU; CUTE_DSL_ARCH=sm_90a) and return the SASS facts of its cubin
     (tritonmla.core.cute_runtime.sass_facts)."""
     from ..core.cute_runtime import sass_facts
-    return sass_facts(cute.compile(MlaSparsePrefillSm90(has_topk_length, has_sink), *placeholder_args()))
+    return sass_facts(cute.compile(MlaSparsePrefillSm90(has_topk_length, has_sink, d_qk, l2_hints),
+                                   *placeholder_args()))
