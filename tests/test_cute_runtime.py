@@ -198,3 +198,17 @@ def test_auto_off_sm90_does_not_import_cute_dsl():
     env.pop("TRITONMLA_KERNEL", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["portable", "False", "False"], out.stdout + out.stderr
+
+
+def test_sparse_prefill_off_sm90_does_not_import_cute_dsl():
+    """A sparse prefill call on a CPU tensor (the interpreter) takes the portable kernel without importing CuTe DSL:
+    the CuTe kernel's module (which imports cutlass) is imported only after the device check."""
+    script = ("import sys, torch\nfrom tritonmla.bench.sparse_prefill import make_prefill_inputs\n"
+              "from tritonmla.sparse_prefill import call\n"
+              "x = make_prefill_inputs(2, 64, 64, 16, 576, device='cpu', seed=0)\n"
+              "c = call.SparsePrefillCall(x.q, x.kv, x.indices, x.topk_length, x.attn_sink, x.sm_scale)\n"
+              "print(c.cute is None, 'cutlass' in sys.modules)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TRITONMLA_KERNEL", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr

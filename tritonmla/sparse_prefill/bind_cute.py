@@ -14,7 +14,7 @@ from ..core.cute_runtime import compile_cached
 from ..dense_decode import kernel_sm90_cute as _dense
 from . import kernel_sm90_cute
 
-L2_HINTS = True  # gathered rows with EVICT_LAST and a 256-byte L2 prefetch (scripts/prefill_ab.py turns it off)
+MAX_TOKENS = 65535  # the launch puts query tokens on the grid's z (at most 65535); longer calls go to portable
 _ZEROS: dict = {}  # device -> a zero kv row: what the producer reads for an invalid index
 
 
@@ -33,9 +33,8 @@ def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -
     return None
 
 
-def _build(has_len: bool, has_sink: bool, d_qk: int, l2_hints: bool):
-    return (kernel_sm90_cute.MlaSparsePrefillSm90(has_len, has_sink, d_qk, l2_hints), kernel_sm90_cute.placeholder_args(),
-            {})
+def _build(has_len: bool, has_sink: bool, d_qk: int):
+    return kernel_sm90_cute.MlaSparsePrefillSm90(has_len, has_sink, d_qk), kernel_sm90_cute.placeholder_args(), {}
 
 
 class BoundPrefillCute:
@@ -44,9 +43,8 @@ class BoundPrefillCute:
     def __init__(self, has_len: bool, has_sink: bool, d_qk: int, softmax_scale: float):
         self.has_len, self.has_sink = has_len, has_sink
         self.scale_log2 = softmax_scale * 1.4426950408889634
-        key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink), int(d_qk), L2_HINTS)
-        self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink), int(d_qk),
-                                                              L2_HINTS),
+        key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink), int(d_qk))
+        self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink), int(d_qk)),
                                        sources=(kernel_sm90_cute.__file__, _dense.__file__, _constants.__file__))
 
     def launch(self, stream: int, q, kv, indices, topk_length, attn_sink, out, max_logits, lse) -> None:

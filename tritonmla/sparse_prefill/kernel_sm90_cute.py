@@ -23,9 +23,7 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64, const_expr
-from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync
-from cutlass.cutlass_dsl import dsl_user_op
 
 from ..core.constants import D_QK, D_V
 from ..dense_decode import kernel_sm90_cute as dense
@@ -33,29 +31,17 @@ from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_B
                                              V_BOXES, _rows, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
                                              smem_layouts)
 
-EVICT_LAST = 0x14F0000000000000  # L2 policy of the gathered rows (CUTLASS's CacheHintSm90): later tokens pick them too
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
-
-
-@dsl_user_op
-def _gather_16(dst: Int32, src: Int64, src_size: Int32, policy: Int64, *, loc=None, ip=None) -> None:
-    """cp.async of 16 bytes to shared address dst (zero-filled past src_size), with an L2 eviction policy and a
-    256-byte L2 prefetch (the row's next box): what the DSL's CopyG2SOp cannot say."""
-    llvm.inline_asm(None, [Int32(dst).ir_value(loc=loc, ip=ip), Int64(src).ir_value(loc=loc, ip=ip),
-                           Int32(src_size).ir_value(loc=loc, ip=ip), Int64(policy).ir_value(loc=loc, ip=ip)],
-                    "cp.async.cg.shared.global.L2::cache_hint.L2::256B [$0], [$1], 16, $2, $3;", "r,l,r,l",
-                    has_side_effects=True, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
 
 
 class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
 
-    def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, l2_hints: bool = True):
+    def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK):
         assert d_qk in (D_QK, D_V)
-        self.l2_hints = l2_hints
         super().__init__(cutlass.BFloat16, BLOCK_N)
         self.has_len = has_topk_length
         self.has_sink = has_sink
@@ -170,13 +156,8 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                             box = sK[None, (None, c), slot]
                             for k in cutlass.range_constexpr(BLOCK_N // 16):
                                 row = group + 16 * k
-                                dst = cute.local_tile(box[row, None], (8,), (chunk,))
-                                if const_expr(self.l2_hints):
-                                    _gather_16(dst.iterator.toint(), src[slot, k] + (c * BOX + chunk * 8) * elem,
-                                               Int32(16), Int64(EVICT_LAST))
-                                else:
-                                    cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem,
-                                                            8), dst)
+                                cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
+                                          cute.local_tile(box[row, None], (8,), (chunk,)))
                             cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
 
     # ---------------------------------------------------------------- consumer hooks
@@ -266,10 +247,8 @@ def placeholder_args() -> tuple:
             f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, cuda.CUstream(0))
 
 
-def compile_offline(has_topk_length: bool = True, has_sink: bool = True, d_qk: int = D_QK,
-                    l2_hints: bool = True) -> dict:
+def compile_offline(has_topk_length: bool = True, has_sink: bool = True, d_qk: int = D_QK) -> dict:
     """Compile one variant for sm_90a (no GPU; CUTE_DSL_ARCH=sm_90a) and return the SASS facts of its cubin
     (tritonmla.core.cute_runtime.sass_facts)."""
     from ..core.cute_runtime import sass_facts
-    return sass_facts(cute.compile(MlaSparsePrefillSm90(has_topk_length, has_sink, d_qk, l2_hints),
-                                   *placeholder_args()))
+    return sass_facts(cute.compile(MlaSparsePrefillSm90(has_topk_length, has_sink, d_qk), *placeholder_args()))
