@@ -98,6 +98,17 @@ def _vector(dtype, addr, n: cutlass.Constexpr):
     return cute.make_tensor(ptr, cute.make_layout(n))
 
 
+@cute.jit
+def store_half_row(o_mn, h: cutlass.Constexpr, factor, addr, dtype):
+    """This thread's columns of accumulator row h (o_mn: acc rows view) of a warpgroup's half of the output, times
+    factor, as dtype at addr (the address of the thread's first column, c0), two adjacent columns per store."""
+    pair = cute.make_rmem_tensor((2,), dtype)
+    for g in cutlass.range_constexpr(HALF // 8):
+        for v in cutlass.range_constexpr(2):
+            pair[v] = (o_mn[h, (v, g)] * factor).to(dtype)
+        cute.autovec_copy(pair, _vector(dtype, addr + 8 * g * (dtype.width // 8), 2))
+
+
 def smem_layouts(dtype):
     """(swizzle, K slots, Q, V view) for a kernel's trace: the boxes' 128-byte swizzle lives in the pointer."""
     swz = warpgroup.make_smem_layout_atom(warpgroup.SmemLayoutAtomKind.K_SW128, dtype).inner
@@ -697,12 +708,8 @@ class MlaDecodeSm90:
                 q_pos = row_g // heads_per_kv
                 head = kv_head * heads_per_kv + row_g % heads_per_kv
                 if num_splits == 1:
-                    addr = mO[b, q_pos, head, None].iterator.toint() + (role * HALF + c0) * (self.dtype.width // 8)
-                    pair = cute.make_rmem_tensor((2,), self.dtype)
-                    for g in cutlass.range_constexpr(HALF // 8):
-                        for v in cutlass.range_constexpr(2):
-                            pair[v] = (o_mn[h, (v, g)] * inv).to(self.dtype)
-                        cute.autovec_copy(pair, _vector(self.dtype, addr + 8 * g * (self.dtype.width // 8), 2))
+                    store_half_row(o_mn, h, inv, mO[b, q_pos, head, None].iterator.toint()
+                                   + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
                     if const_expr(role == 0):
                         if lane % 4 == 0:
                             lse = Float32.inf
@@ -710,12 +717,8 @@ class MlaDecodeSm90:
                                 lse = lse2 * 0.6931471805599453
                             mLse[b, head, q_pos] = lse
                 else:
-                    addr = mOp[split_row, kv_head, row_g, None].iterator.toint() + (role * HALF + c0) * 4
-                    pair = cute.make_rmem_tensor((2,), Float32)
-                    for g in cutlass.range_constexpr(HALF // 8):
-                        for v in cutlass.range_constexpr(2):
-                            pair[v] = o_mn[h, (v, g)] * inv
-                        cute.autovec_copy(pair, _vector(Float32, addr + 8 * g * 4, 2))
+                    store_half_row(o_mn, h, inv, mOp[split_row, kv_head, row_g, None].iterator.toint()
+                                   + (role * HALF + c0) * 4, Float32)
                     if const_expr(role == 0):
                         if lane % 4 == 0:
                             mLp[split_row, kv_head, row_g] = lse2

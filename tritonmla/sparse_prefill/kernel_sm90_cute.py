@@ -29,7 +29,7 @@ from ..core.constants import D_QK, D_V
 from ..dense_decode import kernel_sm90_cute as dense
 from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_BOXES, QK_BOXES, THREADS,
                                              V_BOXES, _rows, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
-                                             smem_layouts)
+                                             smem_layouts, store_half_row)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
@@ -103,6 +103,7 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
             self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
         else:
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
+            # (mSeq, mNumSplits and the partials are never read: request_tiles and epilogue are overridden)
             args = (mQ, mLen, mLen, mO, mLse, mO, mLse, sQ, sK, sV, sRows, ready, empty, hand, qk_mma, pv_mma_rs,
                     pv_mma_ss, scale_log2, Int32(1), heads_per_kv, Int32(0), topk, token, Int32(0), token, Int32(0),
                     Int32(0))
@@ -217,12 +218,8 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                 if const_expr(self.has_sink):
                     if seen:
                         factor = factor / (1.0 + cute.math.exp2(mSink[head] * LOG2E - lse2, fastmath=True))
-                addr = mO[b, 0, head, None].iterator.toint() + (role * HALF + c0) * (self.dtype.width // 8)
-                pair = cute.make_rmem_tensor((2,), self.dtype)
-                for g in cutlass.range_constexpr(HALF // 8):
-                    for v in cutlass.range_constexpr(2):
-                        pair[v] = (o_mn[h, (v, g)] * factor).to(self.dtype)
-                    cute.autovec_copy(pair, _vector(self.dtype, addr + 8 * g * (self.dtype.width // 8), 2))
+                store_half_row(o_mn, h, factor, mO[b, 0, head, None].iterator.toint()
+                               + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
                 if const_expr(role == 0):
                     if lane % 4 == 0:
                         mLse[b, head, 0] = lse2 * LN2
