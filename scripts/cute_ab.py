@@ -7,6 +7,8 @@ checks (issue 24's page-id clamp). --reps: passes (default 2).
 Usage: python3 scripts/cute_ab.py [--base tritonmla.dense_decode._ab_base ...] [--rows ab|seedmem] [sk ...]"""
 import argparse
 import importlib
+import math
+import statistics
 
 import torch
 
@@ -48,9 +50,6 @@ for c in configs:
     cells = [" ".join(f"{r.graph_ms * 1e3:7.1f}us {r.tflops:5.0f}" for r in rows[(v, c)]) for v in variants]
     print(f"{c[0]:4} {c[1]:2} {c[2]:6} {c[3]:4} | " + " | ".join(cells))
 if "cute" in variants:  # geomean of each version's median CUDA-graph time over the shipped kernel's
-    import math
-    import statistics
-
     def med(v, c):
         return statistics.median(r.graph_ms for r in rows[(v, c)])
     for v in variants:

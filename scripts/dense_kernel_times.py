@@ -1,56 +1,20 @@
 """Timing tool (small-batch latency, issue 22): where a dense decode call's GPU time goes, kernel by kernel, for us
-and for FlashMLA (where `flash_mla` is importable), from torch.profiler (CUPTI) over replays of a CUDA graph of the
-call: each kernel's median duration and the call's span (first kernel start to last kernel end). With --parts, our
-call's CUDA-graph time for each plan size (how many KV ranges the batch is cut into; the default is one per SM);
-with --min-cols, for each narrowest column block of the split merge (tritonmla.combine.combine.MIN_COLS).
+and for FlashMLA (where `flash_mla` is importable): tritonmla.bench.timing.graph_kernel_times over replays of a
+CUDA graph of the call. With --parts, our call's CUDA-graph time for each plan size (how many KV ranges the batch
+is cut into; the default is one per SM); with --min-cols, for each narrowest column block of the split merge
+(tritonmla.combine.combine.MIN_COLS).
 Run: PYTHONPATH=. python scripts/dense_kernel_times.py [--parts 8,16,32] [--min-cols 128,32] [--kernel cute] B:SK:HQ"""
 import argparse
-import collections
 import random
-import statistics
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 import tritonmla as tm
-from tritonmla.bench.timing import cuda_times
+from tritonmla.bench.timing import cuda_times, graph_kernel_times
 from tritonmla.bench.host import flashmla_module
 from tritonmla.api import interface
 from tritonmla.bench.workload import make_decode_inputs, seqlens_like_flashmla
 from tritonmla.combine import combine
 from tritonmla.dense_decode.plan import num_parts_for
-
-REPLAYS = 50
-
-
-def graph_of(step):
-    step()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    for _ in range(20):
-        g.replay()
-    torch.cuda.synchronize()
-    return g
-
-
-def profile_graph(label, step):
-    g = graph_of(step)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(REPLAYS):
-            g.replay()
-        torch.cuda.synchronize()
-    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-                      and e.device_resource_id is not None), key=lambda e: e.time_range.start)
-    per_name = collections.defaultdict(list)
-    for e in kernels:
-        per_name[e.name].append(e.time_range.elapsed_us())
-    n = len(kernels) // REPLAYS
-    spans = [kernels[i + n - 1].time_range.end - kernels[i].time_range.start for i in range(0, n * REPLAYS, n)]
-    print(f"  {label}: span median {statistics.median(spans):.1f} us, {n} kernels per call")
-    for k, v in per_name.items():
-        print(f"     {statistics.median(v):8.1f} us x{len(v) // REPLAYS}  {k[:100]}")
-
 
 p = argparse.ArgumentParser()
 p.add_argument("--parts", default="", help="comma-separated plan sizes to time our call with")
@@ -71,12 +35,12 @@ for case in args.cases:
         sched, splits = torch.ops.tritonmla.plan(x.cache_seqlens, parts)
         return lambda: tm.flash_mla_with_kvcache(x.q, x.k_cache, x.block_table, x.cache_seqlens, 512, sched, splits,
                                                  causal=True, kernel=args.kernel)
-    profile_graph("tritonmla", ours(default))
+    graph_kernel_times("  tritonmla", ours(default))
     if fm is not None:
         meta, _ = fm.get_mla_metadata()
         bt = x.block_table.clamp(max=x.k_cache.shape[0] - 1)
-        profile_graph("FlashMLA ", lambda: fm.flash_mla_with_kvcache(x.q, x.k_cache, bt, x.cache_seqlens, 512, meta,
-                                                                     None, causal=True))
+        graph_kernel_times("  FlashMLA ", lambda: fm.flash_mla_with_kvcache(x.q, x.k_cache, bt, x.cache_seqlens, 512,
+                                                                           meta, None, causal=True))
     for parts in [int(v) for v in args.parts.split(",") if v]:
         print(f"  {parts:4} parts: graph {cuda_times(ours(parts))[1] * 1e3:7.1f} us")
     for min_cols in [int(v) for v in args.min_cols.split(",") if v]:

@@ -11,6 +11,41 @@ from typing import Optional
 import torch
 
 
+def graph_kernel_times(label: str, step, replays: int = 50) -> None:
+    """Print where one call's GPU time goes, kernel by kernel: `step` captured in a CUDA graph, replayed under
+    torch.profiler (CUPTI); each kernel's median duration, and the call's span (first kernel start to last kernel
+    end, so the gaps between kernels are in it). For the scripts/*_kernel_times.py tools."""
+    import collections
+    import statistics
+
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                      and e.device_resource_id is not None), key=lambda e: e.time_range.start)
+    per_name = collections.defaultdict(list)
+    for e in kernels:
+        per_name[e.name].append(e.time_range.elapsed_us())
+    n = len(kernels) // replays
+    calls = range(0, n * replays, n)
+    spans = [kernels[i + n - 1].time_range.end - kernels[i].time_range.start for i in calls]
+    gaps = [kernels[i + 1].time_range.start - kernels[i].time_range.end for i in calls] if n > 1 else []
+    print(f"{label}: span median {statistics.median(spans):.1f} us over {replays} replays, {n} kernels per call"
+          + (f", gap before the 2nd kernel {statistics.median(gaps):.1f} us" if gaps else ""))
+    for name, times in per_name.items():
+        print(f"   {statistics.median(times):8.1f} us x{len(times) // replays}  {name[:110]}")
+
+
 def cuda_times(step, warmup: int = 50, rep: int = 300) -> tuple[float, float]:
     """(eager ms, CUDA-graph replay ms) of one call, medians of triton.testing.do_bench (warmup / rep in ms)."""
     import triton
