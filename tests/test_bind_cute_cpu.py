@@ -326,3 +326,20 @@ def test_device_eager_path():
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     print("fresh process:", stats)
     assert stats["compiled"] == 0 and stats["loaded"] >= 1, stats
+
+
+def test_prefill_zero_row_made_during_a_capture_is_cleared_by_the_first_eager_launch(monkeypatch):
+    """The CuTe prefill kernel gathers a zero row for invalid indices. Made during a CUDA-graph capture, its memset
+    runs only on replay: the first launch outside a capture clears it (simulated here on the CPU: the row holds NaN
+    as an unrun memset would leave it)."""
+    from tritonmla.sparse_prefill import bind_cute
+    device = torch.device("cpu")
+    monkeypatch.setattr(bind_cute, "_ZEROS", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    row = bind_cute._zero_row(device)
+    row.fill_(float("nan"))
+    assert bind_cute._zero_row(device) is row and torch.isnan(row).all()  # still capturing: left to the graph
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert bind_cute._zero_row(device) is row and not row.any()
+    row.fill_(1.0)  # once known zero eagerly it is not cleared per call
+    assert bind_cute._zero_row(device).eq(1.0).all()

@@ -15,7 +15,20 @@ from ..dense_decode import kernel_sm90_cute as _dense
 from . import kernel_sm90_cute
 
 MAX_TOKENS = 65535  # the launch puts query tokens on the grid's z (at most 65535); longer calls go to portable
-_ZEROS: dict = {}  # device -> a zero kv row: what the producer reads for an invalid index
+_ZEROS: dict = {}  # device -> [a zero kv row (what the producer reads for an invalid index), known zero eagerly]
+
+
+def _zero_row(device: torch.device) -> torch.Tensor:
+    """The device's zero kv row. torch.zeros is a memset on the current stream: made during a CUDA-graph capture it
+    runs only when the graph replays, so the first launch outside a capture clears the row once more."""
+    entry = _ZEROS.get(device)
+    capturing = torch.cuda.is_current_stream_capturing()
+    if entry is None:
+        entry = _ZEROS[device] = [torch.zeros(D_QK, dtype=torch.bfloat16, device=device), not capturing]
+    elif not entry[1] and not capturing:
+        entry[0].zero_()
+        entry[1] = True
+    return entry[0]
 
 
 def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -> Optional[str]:
@@ -41,7 +54,6 @@ class BoundPrefillCute:
     """launch(stream, q, kv, indices, topk_length, attn_sink, out, max_logits, lse): one flash_mla_sparse_fwd."""
 
     def __init__(self, has_len: bool, has_sink: bool, d_qk: int, softmax_scale: float):
-        self.has_len, self.has_sink = has_len, has_sink
         self.scale_log2 = softmax_scale * 1.4426950408889634
         key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink), int(d_qk))
         self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink), int(d_qk)),
@@ -53,9 +65,7 @@ class BoundPrefillCute:
         import cutlass.cute as cute
         from cutlass.cute.runtime import make_ptr
 
-        zero = _ZEROS.get(q.device)
-        if zero is None:
-            zero = _ZEROS[q.device] = torch.zeros(D_QK, dtype=torch.bfloat16, device=q.device)
+        zero = _zero_row(q.device)
         bf16, f32, i32, i64 = cutlass.BFloat16, cutlass.Float32, cutlass.Int32, cutlass.Int64
 
         def ptr(t, tensor):
