@@ -80,11 +80,10 @@ def compile_cached(key: tuple, build: Callable[[], tuple[Callable, tuple, dict]]
 
     `build()` returns (jit function, args, kwargs) for `cute.compile` and runs only on a miss. The disk key adds to
     `key` the contents of the file that defines `build` and of `sources` (other files the kernel's code lives in),
-    the cutlass and apache-tvm-ffi versions and the DSL's compile settings (arch included); `key` must hold the
-    rest (shapes, dtypes, options). Its repr must be the same in every process: a key whose repr holds an address
-    ("at 0x...") is cached in memory only. A function compiled with TVM-FFI (`options="--enable-tvm-ffi"`) comes
-    back as a `tvm_ffi.Function`, any other as a `JitCompiledFunction` loaded from the object file: the same kind
-    in every process. Raises RuntimeError when cute_error() is not None.
+    the cutlass version and the DSL's compile settings (arch included); `key` must hold the rest (shapes, dtypes,
+    options). Its repr must be the same in every process: a key whose repr holds an address ("at 0x...") is cached
+    in memory only. What comes back is a `JitCompiledFunction` loaded from the object file (also right after a
+    compile): the same kind in every process. Raises RuntimeError when cute_error() is not None.
     """
     fn = _MEM.get(key)
     if fn is None:
@@ -153,13 +152,8 @@ def _dsl_fingerprint() -> str:
     import cutlass
     from cutlass.cutlass_dsl import CuTeDSL
 
-    try:
-        tvm_ffi = importlib.metadata.version("apache-tvm-ffi")
-    except importlib.metadata.PackageNotFoundError:
-        tvm_ffi = "-"
     # cache_key_str: every DSL setting that changes the compile (arch, lineinfo, debug, the runtime libs' path, ...).
-    return (f"cutlass={cutlass.__version__};tvm_ffi={tvm_ffi};machine={platform.machine()};"
-            f"{CuTeDSL._get_dsl().envar.cache_key_str()}")
+    return f"cutlass={cutlass.__version__};machine={platform.machine()};{CuTeDSL._get_dsl().envar.cache_key_str()}"
 
 
 def _prefix(digest: str) -> str:
@@ -170,26 +164,17 @@ def _content_tag(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-def _is_tvm_ffi(compiled: Any) -> bool:
-    # By name: importing cutlass's TVM-FFI module imports tvm_ffi, which need not be installed.
-    return any(k.__name__ == "TVMFFIJitCompiledFunctionBase" for k in type(compiled).__mro__)
-
-
 def _store(folder: Path, digest: str, compiled: Any) -> Optional[Path]:
-    """Write the entry as `<digest>-<content hash>[.tvmffi].o`: one atomic rename, and a reader can check the bytes."""
-    tvm = _is_tvm_ffi(compiled)
+    """Write the entry as `<digest>-<content hash>.o`: one atomic rename, and a reader can check the bytes."""
     tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{digest}-", suffix=".tmp")
         os.close(fd)
-        if tvm:
-            compiled.export_to_c(tmp, function_name=_prefix(digest))
-        else:
-            Path(tmp).write_bytes(compiled.dump_to_object(_prefix(digest)))
+        Path(tmp).write_bytes(compiled.dump_to_object(_prefix(digest)))
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache folder must be readable by all its users
         data = Path(tmp).read_bytes()
-        path = folder / f"{digest}-{_content_tag(data)}{'.tvmffi' if tvm else ''}.o"
+        path = folder / f"{digest}-{_content_tag(data)}.o"
         os.replace(tmp, path)
         tmp = None
         return path
@@ -205,15 +190,14 @@ def _load(path: Path, digest: str) -> Any:
     """The function in the entry `path`, or None after removing an entry that fails its hash or does not load."""
     try:
         data = path.read_bytes()
-        tag, _, kind = path.name[len(digest) + 1:].partition(".")
+        tag = path.name[len(digest) + 1:].partition(".")[0]
         # Checked before loading: flipped bytes in host code would crash the process later, not raise here.
         if _content_tag(data) != tag:
             raise ValueError("content hash mismatch")
-        tvm = kind == "tvmffi.o"
-        _preload_runtime(tvm)
+        _preload_runtime()
         from cutlass.cute.runtime import load_module
 
-        fn = getattr(load_module(str(path), enable_tvm_ffi=tvm), _prefix(digest))
+        fn = getattr(load_module(str(path)), _prefix(digest))
     except Exception as e:
         STATS["dropped"] += 1
         warnings.warn(f"tritonmla: recompiling, unusable CuTe cache entry {path}: {e}", stacklevel=3)
@@ -227,12 +211,12 @@ def _load(path: Path, digest: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _preload_runtime(tvm: bool) -> None:
+def _preload_runtime() -> None:
     # As FlashAttention-4 does (flash_attn/cute/cache_utils.py): load_module opens the runtime libraries without
     # RTLD_GLOBAL, and FA4 saw "undefined symbol" (e.g. _cudaLibraryLoadData) loading cached objects without this.
     from cutlass.cute.runtime import find_runtime_libraries
 
-    for lib in find_runtime_libraries(enable_tvm_ffi=tvm):
+    for lib in find_runtime_libraries(enable_tvm_ffi=False):  # (its default is True: TVM-FFI is not used)
         if os.path.exists(lib):
             ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
@@ -304,12 +288,7 @@ def _cubins(compiled: Any) -> list[bytes]:
 
 def _object_bytes(compiled: Any) -> bytes:
     """The host object file of a function compiled in this process: its fatbin holds the cubin."""
-    if not _is_tvm_ffi(compiled):
-        return compiled.dump_to_object("tmla_sass")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "f.o")
-        compiled.export_to_c(path, function_name="tmla_sass")
-        return Path(path).read_bytes()
+    return compiled.dump_to_object("tmla_sass")
 
 
 def _fatbin_cubins(blob: bytes) -> list[bytes]:
