@@ -15,6 +15,10 @@ full 64 x 64 scores of its own tile, so the two S products run at the same time.
 Each warpgroup keeps the row sum l of the P it made; the two are added at the end. A warpgroup's own P is the
 register A operand of its wgmma; the other's comes through shared memory, written with stmatrix over the RoPE box
 of its K tile (no longer needed once S is done).
+What the other warpgroup waits for comes first: warpgroup 1 takes its tile's row max before m_A arrives and hands
+P_B and m_B over before rescaling O_R; row maxes and sums are trees (4 dependent steps, not 16); a rescale whose
+factor is exactly 1 on all of a warp's rows (the running max unchanged: the common case once it has settled) is
+skipped, and P_A then goes out as already converted.
 
 Threads: warpgroup 0 and 1 consume (240 registers each by setmaxnreg), warpgroup 2 produces (one warp issues the
 TMA loads; 24 registers). Shared memory: Q [64, 576], two K slots [64, 576] (V is the first 512 columns of the
@@ -89,6 +93,22 @@ def _rows(acc):
     columns 8 g + 2 (lane % 4) + v indexed (v, g) (the m64nNk16 accumulator layout)."""
     n = cute.size(acc)
     return cute.make_tensor(acc.iterator, cute.make_layout((2, (2, n // 4)), stride=(2, (1, 4))))
+
+
+def _row_values(s_mn, h: int) -> list:
+    """This thread's 16 values of accumulator row h (s_mn: _rows view of a 64 x 64 tile), as a trace-time list."""
+    return [s_mn[h, (v, g)] for g in range(BLOCK_N // 8) for v in range(2)]
+
+
+def _tree(values: list, op):
+    """op-reduce a trace-time list pairwise: log2(n) dependent steps instead of n - 1."""
+    while len(values) > 1:
+        values = [op(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)] + values[len(values) & ~1:]
+    return values[0]
+
+
+def _add(a, b):
+    return a + b
 
 
 @cute.jit
@@ -465,55 +485,72 @@ class MlaDecodeSm90:
         return s_mn
 
     @cute.jit
-    def row_max(self, s_mn, m_prev, h: cutlass.Constexpr):
-        m = m_prev[h]
-        for g in cutlass.range_constexpr(BLOCK_N // 8):
-            for v in cutlass.range_constexpr(2):
-                m = cute.arch.fmax(m, s_mn[h, (v, g)])
+    def row_max(self, s_mn, h: cutlass.Constexpr, m_prev=None):
+        """The max of this quad's row h (and m_prev[h] if given): a tree over the thread's 16 columns (a 4-deep
+        dependency chain, not 16), then the quad."""
+        m = _tree(_row_values(s_mn, h), cute.arch.fmax)
         m = cute.arch.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=1))
         m = cute.arch.fmax(m, cute.arch.shuffle_sync_bfly(m, offset=2))
+        if const_expr(m_prev is not None):
+            m = cute.arch.fmax(m, m_prev[h])
         return m
 
     @cute.jit
-    def exp_rows(self, s_mn, m_new, l_i):
-        """P = 2^(S - m) in place; this thread's share of the row sums is added to l_i."""
+    def exp_rows(self, s_mn, m_new):
+        """P = 2^(S - m) in place; returns this thread's share of each row's sum (a tree, as row_max)."""
+        sums = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m = self.safe_max(m_new[h])
-            acc = Float32(0.0)
             for g in cutlass.range_constexpr(BLOCK_N // 8):
                 for v in cutlass.range_constexpr(2):
-                    p = cute.math.exp2(s_mn[h, (v, g)] - m, fastmath=True)
-                    s_mn[h, (v, g)] = p
-                    acc += p
-            l_i[h] += acc
+                    s_mn[h, (v, g)] = cute.math.exp2(s_mn[h, (v, g)] - m, fastmath=True)
+            sums[h] = _tree(_row_values(s_mn, h), _add)
+        return sums
 
     @cute.jit
-    def rescale(self, acc_o, l_i, factor):
-        o_mn = _rows(acc_o)
+    def unchanged(self, factor):
+        """Whether every row of this warp keeps its max (factor exactly 1 on all of them): warp-uniform."""
+        return cute.arch.vote_all_sync(factor[0] == 1.0 and factor[1] == 1.0)
+
+    @cute.jit
+    def rescale(self, acc_o, l_i, factor, sums=None):
+        """O *= factor and l = l factor (+ sums) per row. The 128 multiplies of O are skipped where every row of
+        the warp keeps its max (factor exactly 1: the common case once the running max has settled)."""
         for h in cutlass.range_constexpr(2):
             l_i[h] *= factor[h]
-            for g in cutlass.range_constexpr(HALF // 8):
-                for v in cutlass.range_constexpr(2):
-                    o_mn[h, (v, g)] *= factor[h]
+            if const_expr(sums is not None):
+                l_i[h] += sums[h]
+        if not self.unchanged(factor):
+            o_mn = _rows(acc_o)
+            for h in cutlass.range_constexpr(2):
+                for g in cutlass.range_constexpr(HALF // 8):
+                    for v in cutlass.range_constexpr(2):
+                        o_mn[h, (v, g)] *= factor[h]
 
     @cute.jit
     def to_operand(self, acc_s):
         """P (the S accumulator, f32) as the A operand of P V in registers: same element order, 16-bit."""
         frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, BLOCK_N // 16), stride=((1, 2, 4), 0, 8)),
                                      self.dtype)
-        cute.make_tensor(frag.iterator, acc_s.layout).store(acc_s.load().to(self.dtype))
-        return frag
+        p = cute.make_tensor(frag.iterator, acc_s.layout)
+        p.store(acc_s.load().to(self.dtype))
+        return frag, p
 
     @cute.jit
-    def store_p(self, acc_s, qk_mma, t, sK, slot: cutlass.Constexpr, factor):
-        """P (times factor per row) into slot's RoPE box, [64 rows, 64 tokens] K-major: the other warpgroup's
-        A operand. stmatrix: each warp writes its 16 rows as 8x8 matrices, 16 bytes per thread and instruction."""
+    def scaled_p(self, acc_s, factor):
+        """P times factor per row, 16-bit, in the accumulator's layout."""
         p = cute.make_rmem_tensor(acc_s.layout, self.dtype)
         p_mn = _rows(p)
         s_mn = _rows(acc_s)
         for h in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(BLOCK_N // 4):
                 p_mn[h, j] = (s_mn[h, j] * factor[h]).to(self.dtype)
+        return p
+
+    @cute.jit
+    def store_p(self, p, qk_mma, t, sK, slot: cutlass.Constexpr):
+        """P (16-bit, accumulator layout) into slot's RoPE box, [64 rows, 64 tokens] K-major: the other warpgroup's
+        A operand. stmatrix: each warp writes its 16 rows as 8x8 matrices, 16 bytes per thread and instruction."""
         atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.dtype)
         copy = cute.make_tiled_copy_C(atom, qk_mma)
         thr = copy.get_slice(t)
@@ -549,7 +586,7 @@ class MlaDecodeSm90:
         s_mn = self.masked_scores(acc_s, c0, start_a, hi, key_end, scale_log2, pre)
         m_a = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
-            m_a[h] = self.row_max(s_mn, m_i, h)
+            m_a[h] = self.row_max(s_mn, h, m_i)
         if lane % 4 == 0:
             sRows[r0, 0] = m_a[0]
             sRows[r0 + 8, 0] = m_a[1]
@@ -558,9 +595,9 @@ class MlaDecodeSm90:
         factor = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_a[h]), fastmath=True)
-        self.rescale(acc_o, l_i, factor)
-        self.exp_rows(s_mn, m_a, l_i)
-        p_frag = self.to_operand(acc_s)
+        sums = self.exp_rows(s_mn, m_a)
+        self.rescale(acc_o, l_i, factor, sums)
+        p_frag, p = self.to_operand(acc_s)
         warpgroup.fence()
         self.pv(True, pv_rs, acc_o, p_frag, sV, 0, 0)  # O_L += P_A V_A,L
         warpgroup.commit_group()
@@ -572,7 +609,10 @@ class MlaDecodeSm90:
         for h in cutlass.range_constexpr(2):
             m_b[h] = sRows[r0 + 8 * h, 1]
             factor[h] = cute.math.exp2(m_a[h] - self.safe_max(m_b[h]), fastmath=True)
-        self.store_p(acc_s, qk_mma, t, sK, 0, factor)
+        if self.unchanged(factor):  # m_B = m_A on all the warp's rows: P_A as converted for P_A V_A,L
+            self.store_p(p, qk_mma, t, sK, 0)
+        else:
+            self.store_p(self.scaled_p(acc_s, factor), qk_mma, t, sK, 0)
         cute.arch.fence_proxy("async.shared", space="cta")
         cute.arch.mbarrier_arrive(hand + H_P_A)
         warpgroup.wait_group(0)
@@ -604,32 +644,32 @@ class MlaDecodeSm90:
             acc_s.store(acc_b.load())
             self.mark(1, mark_at + 1, 1)
             self.masked_scores(acc_s, c0, start_b, hi, key_end, scale_log2, pre)
+        # This tile's own row max before m_A arrives; then only max(m_A, it) waits for warpgroup 0.
+        m_b = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            m_b[h] = self.row_max(s_mn, h)  # -inf without tile B
         cute.arch.mbarrier_wait(hand + H_M_A, phase_a)
         for c in cutlass.range_constexpr(HALF_BOXES, V_BOXES):  # tile A's right half landed (and zeroed) by now
             cute.arch.mbarrier_wait(ready + c, phase_a)
         self.mark(1, mark_at + 2, 2)
-        m_a = cute.make_rmem_tensor((2,), Float32)
-        m_b = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
-            m_a[h] = sRows[r0 + 8 * h, 0]
-            m_b[h] = self.row_max(s_mn, m_a, h)
-        factor = cute.make_rmem_tensor((2,), Float32)
-        for h in cutlass.range_constexpr(2):
-            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_b[h]), fastmath=True)  # 2^(m - m_A) 2^(m_A - m_B)
-        self.rescale(acc_o, l_i, factor)
-        self.exp_rows(s_mn, m_b, l_i)  # all 0 without tile B
+            m_b[h] = cute.arch.fmax(m_b[h], sRows[r0 + 8 * h, 0])
+        sums = self.exp_rows(s_mn, m_b)  # all 0 without tile B
+        # P_B and m_B go to warpgroup 0 first; O_R's rescale (2^(m - m_A) 2^(m_A - m_B)) comes after the hand-off.
+        p_frag, p = self.to_operand(acc_s)
         if has_b:
-            ones = cute.make_rmem_tensor((2,), Float32)
-            ones.fill(1.0)
-            self.store_p(acc_s, qk_mma, t, sK, 1, ones)
+            self.store_p(p, qk_mma, t, sK, 1)
             cute.arch.fence_proxy("async.shared", space="cta")
         if lane % 4 == 0:
             sRows[r0, 1] = m_b[0]
             sRows[r0 + 8, 1] = m_b[1]
         cute.arch.mbarrier_arrive(hand + H_M_B)
         self.mark(1, mark_at + 3, 3)
+        factor = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_b[h]), fastmath=True)
+        self.rescale(acc_o, l_i, factor, sums)
         if has_b:  # O_R += P_B V_B,R (without tile B, P_B is 0: nothing to add)
-            p_frag = self.to_operand(acc_s)
             warpgroup.fence()
             self.pv(True, pv_rs, acc_o, p_frag, sV, 1, 1)
             warpgroup.commit_group()
