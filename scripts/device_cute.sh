@@ -19,6 +19,13 @@ if has ab; then
   base=""; for f in tritonmla/dense_decode/_ab_*.py; do [ -f "$f" ] && base="$base --base tritonmla.dense_decode.$(basename $f .py)"; done
   timeout 330 python3 scripts/cute_ab.py $base ${AB_ARGS:-} 2>&1 | tail -12 | tee $OUT/ab.log | cut -c1-200
 fi
+if has abpick; then  # keep the faster of the tree's kernel and _ab_pick.py (cute_ab's geomean) for the later steps
+  g=$(grep -oP "ab_pick: time / cute geomean \K[0-9.]+" $OUT/ab.log)
+  if [ -n "$g" ] && python3 -c "import sys; sys.exit(0 if $g < 0.995 else 1)"; then
+    cp tritonmla/dense_decode/_ab_pick.py tritonmla/dense_decode/kernel_sm90_cute.py; echo pick > /tmp/ab_winner
+  else echo tree > /tmp/ab_winner; fi
+  echo "ab winner: $(cat /tmp/ab_winner) (geomean $g)"
+fi
 if has tests; then
   timeout 240 python3 -m pytest -q -x tests/test_gpu.py tests/test_bind_cute_cpu.py tests/test_bad_inputs.py -k "${TESTS:-cute}" \
     -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1
@@ -42,6 +49,20 @@ if has pageid; then  # issue 24: bad page ids on every dense kernel, the default
 fi
 if has timeline; then
   timeout 150 python3 scripts/cute_timeline.py ${TIMELINE_CASE:-} 2>&1 | tail -30 | tee $OUT/timeline.log
+fi
+if has ptimeline; then  # the prefill kernel's timeline: MODEL1-1 and V3.2 (s_kv 65536)
+  for c in "32768 512 64 512" "65536 2048 128 576"; do
+    timeout 120 python3 scripts/cute_timeline.py prefill $c 2>&1 | tail -24 | tee -a $OUT/ptimeline.log
+  done
+fi
+if has sdtests; then  # issue 25: the CuTe sparse FP8 decode kernel (opt-in kernel="cute"): its GPU tests, sanitizers
+  timeout 200 python3 -m pytest -q tests/test_sparse_gpu.py -k cute_kernel -p no:cacheprovider > $OUT/sd_tests.log 2>&1
+  echo "sparse cute tests rc=$?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" $OUT/sd_tests.log | head -8
+  for tool in ${SD_SAN-memcheck racecheck}; do
+    timeout 120 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 -m pytest -q -x \
+      tests/test_sparse_gpu.py -k "cute_kernel and 128-576" -p no:cacheprovider > $OUT/san_sd_$tool.log 2>&1
+    echo "sparse cute $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_sd_$tool.log | tail -1)"
+  done
 fi
 if has prefill; then  # the CuTe sparse prefill kernel (SM90's default): its GPU tests, sanitizers, FlashMLA's cases
   timeout 240 python3 -m pytest -q -x tests/test_sparse_prefill_gpu.py -k "${PREFILL_TESTS:-not portable}" -p no:cacheprovider > $OUT/prefill_tests.log 2>&1

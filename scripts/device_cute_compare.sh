@@ -3,7 +3,8 @@
 # built beside us (carry .flashmla; it stays in /tmp/flashmla while the machine is warm), the GPU tests and
 # compute-sanitizer on the CuTe kernel meanwhile, then our kernels timed beside FlashMLA: the head suite, the seed
 # table, the small-batch table, CPU time per call, ncu of the three kernels on one case.
-# STEPS picks steps (default: build tests san head seed); others: small overhead ncu.
+# STEPS picks steps (default: build tests san head seed); others: small prefill overhead ncu. KERNELS: ours to time
+# (default hopper,cute).
 # Usage: STEPS="..." bash scripts/device_cute_compare.sh
 set -u
 export PYTHONUNBUFFERED=1
@@ -12,6 +13,9 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 root=$PWD
 [ -d /tmp/cutedsl/nvidia_cutlass_dsl ] || { echo "CuTe DSL not installed (run device_cute.sh first)"; exit 1; }
 export PYTHONPATH=$root:/tmp/cutedsl:/tmp/cutedsl/nvidia_cutlass_dsl/dsl_packages
+if [ "$(cat /tmp/ab_winner 2>/dev/null)" = pick ]; then  # device_cute.sh's abpick chose the other version
+  cp tritonmla/dense_decode/_ab_pick.py tritonmla/dense_decode/kernel_sm90_cute.py; echo "kernel: _ab_pick.py"
+fi
 if has build; then
   (bash .flashmla/flashmla.sh build .flashmla > $OUT/flashmla_build.log 2>&1; echo "flashmla build rc=$?" >> $OUT/flashmla_build.log) &
 fi
@@ -21,16 +25,20 @@ sub=""; has tests && sub="tests"; has san && sub="$sub san"
 wait; [ -f $OUT/flashmla_build.log ] && tail -1 $OUT/flashmla_build.log
 export PYTHONPATH=$PYTHONPATH:/tmp/flashmla
 if has head; then
-  timeout 200 python3 -m tritonmla.bench --suite head --kernel hopper,cute --compare flashmla --csv $OUT/head.csv \
+  timeout 200 python3 -m tritonmla.bench --suite head --kernel ${KERNELS:-hopper,cute} --compare flashmla --csv $OUT/head.csv \
     2>$OUT/head.err | tee $OUT/head.log | tail -22
 fi
 if has seed; then
-  timeout 180 python3 -m tritonmla.bench --kernel hopper,cute --compare flashmla --only varlen=False --csv $OUT/seed.csv \
+  timeout 180 python3 -m tritonmla.bench --kernel ${KERNELS:-hopper,cute} --compare flashmla --only varlen=False --csv $OUT/seed.csv \
     2>$OUT/seed.err | tee $OUT/seed.log | tail -30
 fi
 if has small; then
-  timeout 120 python3 -m tritonmla.bench --suite small --kernel hopper,cute --compare flashmla --csv $OUT/small.csv \
+  timeout 120 python3 -m tritonmla.bench --suite small --kernel ${KERNELS:-hopper,cute} --compare flashmla --csv $OUT/small.csv \
     2>$OUT/small.err | tee $OUT/small.log | tail -18
+fi
+if has prefill; then
+  timeout 300 python3 -m tritonmla.bench sparse-prefill --compare flashmla --csv $OUT/prefill.csv \
+    2>$OUT/prefill.err | tee $OUT/prefill.log | tail -18
 fi
 if has overhead; then
   timeout 150 python3 -m tritonmla.bench --overhead --json $OUT/overhead.json > $OUT/overhead.log 2>&1

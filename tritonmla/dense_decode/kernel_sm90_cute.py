@@ -43,6 +43,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 import cutlass.utils.hopper_helpers as sm90_utils
 
 from ..core.constants import D_QK, D_V, SCHED_ROW
+from ..core.cute_index_mask import acc_rows
 
 BLOCK_M = 64  # query rows per CTA: the wgmma M of one warpgroup
 BLOCK_N = 64  # tokens per KV tile = one TMA box height = PLAN_TILE
@@ -88,15 +89,8 @@ def pv_tiled_mma(dtype, p_in_registers: bool) -> cute.TiledMma:
                                              source)
 
 
-def _rows(acc):
-    """A wgmma accumulator fragment of a 64 x N tile seen as [2 rows, N/4 columns] of this thread: rows r0 and r0 + 8,
-    columns 8 g + 2 (lane % 4) + v indexed (v, g) (the m64nNk16 accumulator layout)."""
-    n = cute.size(acc)
-    return cute.make_tensor(acc.iterator, cute.make_layout((2, (2, n // 4)), stride=(2, (1, 4))))
-
-
 def _row_values(s_mn, h: int) -> list:
-    """This thread's 16 values of accumulator row h (s_mn: _rows view of a 64 x 64 tile), as a trace-time list."""
+    """This thread's 16 values of accumulator row h (s_mn: acc_rows view of a 64 x 64 tile), as a trace-time list."""
     return [s_mn[h, (v, g)] for g in range(BLOCK_N // 8) for v in range(2)]
 
 
@@ -285,7 +279,12 @@ class MlaDecodeSm90:
                       end_tile: Int32, seqlen_cap: Int32):
         """Request b's part in this plan row (as kernel_portable.request_tiles): seqlen clamped to
         [0, seqlen_cap], the part's tokens [lo, hi), its tile count, and whether the part writes the output."""
-        seqlen = cutlass.min(cutlass.max(mSeq[b], 0), seqlen_cap)
+        return self.part_range(cutlass.min(cutlass.max(mSeq[b], 0), seqlen_cap), b, begin_req, begin_tile, end_req,
+                               end_tile)
+
+    @cute.jit
+    def part_range(self, seqlen, b, begin_req, begin_tile, end_req, end_tile):
+        """Request b's keys in this plan row, given its key count: (seqlen, lo, hi, n_tiles, has_work)."""
         lo = Int32(0)
         if b == begin_req:
             lo = begin_tile * BLOCK_N
@@ -368,7 +367,10 @@ class MlaDecodeSm90:
         uses_a = Int32(0)  # uses of slot 0 / 1 so far: the phase of their `ready` barriers
         uses_b = Int32(0)
         n_req = Int32(0)  # requests so far: the phase of the Q / row-sum barriers
+        cur_req = cute.make_rmem_tensor((1,), Int32)  # the request being walked, for hooks that read its inputs
+        self.t_cur_req = cur_req
         for b in cutlass.range(begin_req, end_req + 1, unroll=1):
+            cur_req[0] = b
             seqlen, lo, hi, n_tiles, has_work = self.request_tiles(mSeq, b, begin_req, begin_tile, end_req,
                                                                    end_tile, seqlen_cap)
             # Q of this request: each warpgroup stores alternate boxes. Both finished every wgmma on the previous
@@ -469,7 +471,7 @@ class MlaDecodeSm90:
     @cute.jit
     def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2, pre):
         """Scale to the log2 domain; keys past the part's end or the causal edge get -inf. (pre: score_inputs')"""
-        s_mn = _rows(acc_s)
+        s_mn = acc_rows(acc_s)
         for h in cutlass.range_constexpr(2):
             end = cutlass.min(hi, key_end[h])
             if start + BLOCK_N <= end:  # all visible: every tile but the last one or two
@@ -521,7 +523,7 @@ class MlaDecodeSm90:
             if const_expr(sums is not None):
                 l_i[h] += sums[h]
         if not self.unchanged(factor):
-            o_mn = _rows(acc_o)
+            o_mn = acc_rows(acc_o)
             for h in cutlass.range_constexpr(2):
                 for g in cutlass.range_constexpr(HALF // 8):
                     for v in cutlass.range_constexpr(2):
@@ -540,8 +542,8 @@ class MlaDecodeSm90:
     def scaled_p(self, acc_s, factor):
         """P times factor per row, 16-bit, in the accumulator's layout."""
         p = cute.make_rmem_tensor(acc_s.layout, self.dtype)
-        p_mn = _rows(p)
-        s_mn = _rows(acc_s)
+        p_mn = acc_rows(p)
+        s_mn = acc_rows(acc_s)
         for h in cutlass.range_constexpr(2):
             for j in cutlass.range_constexpr(BLOCK_N // 4):
                 p_mn[h, j] = (s_mn[h, j] * factor[h]).to(self.dtype)
@@ -637,7 +639,7 @@ class MlaDecodeSm90:
         self.mark(1, mark_at, 0)
         acc_s = qk.make_fragment_C(qk.partition_shape_C((BLOCK_M, BLOCK_N)))
         acc_s.fill(-Float32.inf)
-        s_mn = _rows(acc_s)
+        s_mn = acc_rows(acc_s)
         if has_b:
             pre = self.score_inputs(c0, start_b, hi)
             acc_b = self.scores(1, 1, t, sK, tSrQ, qk, ready, phase_b, hi - start_b)
@@ -721,6 +723,10 @@ class MlaDecodeSm90:
         cute.arch.mbarrier_arrive(hand + H_L)
         cute.arch.mbarrier_wait(hand + H_L, phase)
 
+    def out_factor(self, inv, lse2, seen, head):
+        """The factor of an unsplit request's output row: 1 / l (a subclass hook: sparse decoding adds the sink)."""
+        return inv
+
     @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
                  has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
@@ -728,7 +734,7 @@ class MlaDecodeSm90:
         """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
         its partial."""
         self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
-        o_mn = _rows(acc_o)
+        o_mn = acc_rows(acc_o)
         split_begin = mNumSplits[b]
         num_splits = mNumSplits[b + 1] - split_begin
         split_row = split_begin
@@ -748,7 +754,8 @@ class MlaDecodeSm90:
                 q_pos = row_g // heads_per_kv
                 head = kv_head * heads_per_kv + row_g % heads_per_kv
                 if num_splits == 1:
-                    store_half_row(o_mn, h, inv, mO[b, q_pos, head, None].iterator.toint()
+                    out_scale = self.out_factor(inv, lse2, seen, head)
+                    store_half_row(o_mn, h, out_scale, mO[b, q_pos, head, None].iterator.toint()
                                    + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
                     if const_expr(role == 0):
                         if lane % 4 == 0:

@@ -60,6 +60,10 @@ class BoundPrefillCute:
                                        sources=(kernel_sm90_cute.__file__, _dense.__file__, _constants.__file__))
 
     def launch(self, stream: int, q, kv, indices, topk_length, attn_sink, out, max_logits, lse) -> None:
+        self.compiled(*self.dsl_args(stream, q, kv, indices, topk_length, attn_sink, out, max_logits, lse))
+
+    def dsl_args(self, stream: int, q, kv, indices, topk_length, attn_sink, out, max_logits, lse) -> tuple:
+        """The compiled kernel's arguments for one call (also what scripts/cute_timeline.py compiles with)."""
         import cuda.bindings.driver as cuda
         import cutlass
         import cutlass.cute as cute
@@ -75,8 +79,8 @@ class BoundPrefillCute:
         sink = attn_sink if attn_sink is not None else lse
         s_q, heads_q, _ = q.shape
         s_kv, heads_kv, _ = kv.shape
-        self.compiled(ptr(bf16, q), ptr(bf16, kv), ptr(i32, indices), ptr(i32, length), ptr(f32, sink),
-                      ptr(bf16, zero), ptr(bf16, out), ptr(f32, max_logits), ptr(f32, lse),
-                      f32(self.scale_log2), i32(s_q), i32(heads_q), i32(heads_kv), i32(s_kv), i32(indices.shape[-1]),
-                      i64(q.stride(0) // 8), i64(q.stride(1) // 8), i64(kv.stride(0) // 8), i64(kv.stride(1) // 8),
-                      i64(indices.stride(0)), i64(indices.stride(1)), cuda.CUstream(stream))
+        return (ptr(bf16, q), ptr(bf16, kv), ptr(i32, indices), ptr(i32, length), ptr(f32, sink),
+                ptr(bf16, zero), ptr(bf16, out), ptr(f32, max_logits), ptr(f32, lse),
+                f32(self.scale_log2), i32(s_q), i32(heads_q), i32(heads_kv), i32(s_kv), i32(indices.shape[-1]),
+                i64(q.stride(0) // 8), i64(q.stride(1) // 8), i64(kv.stride(0) // 8), i64(kv.stride(1) // 8),
+                i64(indices.stride(0)), i64(indices.stride(1)), cuda.CUstream(stream))

@@ -15,7 +15,7 @@ are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (Fl
 threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
 rows with cp.async (invalid slots read a zero row, so no NaN of an unreferenced row reaches a tile), arriving on the
 box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the dense kernel's
-release order. Invalid slots get -inf scores (masked_scores); their zero rows add nothing to P V.
+release order. Invalid slots get -inf scores (core.cute_index_mask); their zero rows add nothing to P V.
 Registers: consumers 216, producer warpgroup 72 (FlashMLA's split: 256 x 216 + 128 x 72 <= 64 K).
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cute.nvgpu import cpasync
 
 from ..core.constants import D_QK, D_V
+from ..core.cute_index_mask import IndexMask, acc_rows
 from ..dense_decode import kernel_sm90_cute as dense
 from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_BOXES, QK_BOXES, THREADS,
-                                             V_BOXES, _rows, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
+                                             V_BOXES, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
                                              smem_layouts, store_half_row)
 
 CONSUMER_REGS = 216
@@ -36,13 +37,16 @@ PRODUCER_REGS = 72
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
 
-class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
+class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
 
-    def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK):
+    def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, timeline: int = 0):
+        """timeline: as the dense kernel's (scripts/cute_timeline.py prefill); the producer's row records instead of
+        releases: the CTA's start (0), warpgroup 0's end (1), Q stored by warpgroup 0 / 1 (2, 3), the row sums
+        shared (4, 5), the producer's first indices read (6) and its first group of boxes issued (7)."""
         assert d_qk in (D_QK, D_V)
-        super().__init__(cutlass.BFloat16, BLOCK_N)
+        super().__init__(cutlass.BFloat16, BLOCK_N, timeline=timeline)
         self.has_len = has_topk_length
         self.has_sink = has_sink
         self.d_qk = d_qk
@@ -97,7 +101,7 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
         if const_expr(self.has_len):
             length = cutlass.min(cutlass.max(mLen[token], 0), topk)
         # What the overridden hooks below read (values of this kernel's trace).
-        self.t_idx, self.t_len, self.t_s_kv, self.t_sink, self.t_max = mIdx, length, s_kv, mSink, mMax
+        self.t_idx, self.t_len, self.t_rows, self.t_sink, self.t_max = mIdx, length, s_kv, mSink, mMax
         if wg == 2:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
@@ -108,7 +112,9 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                     pv_mma_ss, scale_log2, Int32(1), heads_per_kv, Int32(0), topk, token, Int32(0), token, Int32(0),
                     Int32(0))
             if wg == 0:
+                self.mark(2, 0, 0)
                 self.consumer(0, *args)
+                self.mark(2, 1, 1)
             else:
                 self.consumer(1, *args)
 
@@ -148,6 +154,9 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
             for g in cutlass.range_constexpr(2):
                 for slot in cutlass.range_constexpr(2):
                     if 2 * j + slot < n_tiles:
+                        if const_expr(g + slot == 0):
+                            if j == 0:
+                                self.mark(2, 6, 6)
                         cute.arch.mbarrier_wait(empty + slot * 2 + g, (j & 1) ^ 1)
                         # (the second group's extra box is the RoPE box, gathered only at d_qk 576)
                         for i in cutlass.range_constexpr(HALF_BOXES + g * (self.QK_USED - V_BOXES)):
@@ -160,40 +169,19 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
                                 cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
                                           cute.local_tile(box[row, None], (8,), (chunk,)))
                             cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
+                        if const_expr(g + slot == 0):
+                            if j == 0:
+                                self.mark(2, 7, 7)
 
     # ---------------------------------------------------------------- consumer hooks
     @cute.jit
-    def score_inputs(self, c0, start, hi):
-        """The indices of this thread's 16 columns of the tile (-1 past the token's length), loaded before S."""
-        token = cute.arch.block_idx()[2]
-        kv_head = cute.arch.block_idx()[1]
-        mIdx = self.t_idx
-        idx = cute.make_rmem_tensor((BLOCK_N // 4,), Int32)
-        for g in cutlass.range_constexpr(BLOCK_N // 8):
-            for v in cutlass.range_constexpr(2):
-                col = start + 8 * g + c0 + v
-                index = Int32(-1)
-                if col < hi:
-                    index = mIdx[token, kv_head, col]
-                idx[2 * g + v] = index
-        return idx
+    def load_q(self, role: cutlass.Constexpr, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv):
+        dense.MlaDecodeSm90.load_q(self, role, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv)
+        self.mark(2, 2 + role, 2 + role)
 
-    @cute.jit
-    def masked_scores(self, acc_s, c0, start, hi, key_end, scale_log2, pre):
-        """Scale to the log2 domain; slots past the token's length or naming no row of kv (pre: their indices)
-        get -inf."""
-        s_mn = _rows(acc_s)
-        s_kv = self.t_s_kv  # (a local: the DSL's runtime `if` cannot carry `self`)
-        for g in cutlass.range_constexpr(BLOCK_N // 8):
-            for v in cutlass.range_constexpr(2):
-                index = pre[2 * g + v]
-                valid = index >= 0 and index < s_kv
-                for h in cutlass.range_constexpr(2):
-                    x = s_mn[h, (v, g)] * scale_log2
-                    if not valid:
-                        x = -Float32.inf
-                    s_mn[h, (v, g)] = x
-        return s_mn
+    def index_coords(self):
+        """The CTA's index list (IndexMask): its token's, for its KV head."""
+        return cute.arch.block_idx()[2], cute.arch.block_idx()[1]
 
     @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
@@ -202,7 +190,8 @@ class MlaSparsePrefillSm90(dense.MlaDecodeSm90):
         """l of both warpgroups; out = O / l (times the sink's factor), lse and max_logits (natural log)."""
         mSink, mMax = self.t_sink, self.t_max
         self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
-        o_mn = _rows(acc_o)
+        self.mark(2, 4 + role, 4 + role)
+        o_mn = acc_rows(acc_o)
         for h in cutlass.range_constexpr(2):
             row = r0 + 8 * h
             row_g = m_block * BLOCK_M + row
