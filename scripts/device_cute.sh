@@ -50,8 +50,9 @@ fi
 if has timeline; then
   timeout 150 python3 scripts/cute_timeline.py ${TIMELINE_CASE:-} 2>&1 | tail -30 | tee $OUT/timeline.log
 fi
-if has ptimeline; then  # the prefill kernel's timeline: MODEL1-1 and V3.2 (s_kv 65536)
-  for c in "32768 512 64 512" "65536 2048 128 576"; do
+if has ptimeline; then  # the prefill kernel's timeline (PT_CASES, comma-separated "s_kv topk h_q d_qk"; default MODEL1-1, V3.2)
+  IFS=, read -ra cases <<< "${PT_CASES:-32768 512 64 512,65536 2048 128 576}"
+  for c in "${cases[@]}"; do
     timeout 120 python3 scripts/cute_timeline.py prefill $c 2>&1 | tail -24 | tee -a $OUT/ptimeline.log
   done
 fi
