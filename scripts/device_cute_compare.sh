@@ -4,7 +4,7 @@
 # compute-sanitizer on the CuTe kernel meanwhile, then our kernels timed beside FlashMLA: the head suite, the seed
 # table, the small-batch table, CPU time per call, ncu of the three kernels on one case.
 # STEPS picks steps (default: build tests san head seed); others: small prefill overhead ncu. KERNELS: ours to time
-# (default hopper,cute).
+# (default hopper,cute). DURING: other device_cute.sh steps to run while FlashMLA builds (e.g. "sdtests ptimeline").
 # Usage: STEPS="..." bash scripts/device_cute_compare.sh
 set -u
 export PYTHONUNBUFFERED=1
@@ -19,8 +19,9 @@ fi
 if has build; then
   (bash .flashmla/flashmla.sh build .flashmla > $OUT/flashmla_build.log 2>&1; echo "flashmla build rc=$?" >> $OUT/flashmla_build.log) &
 fi
-sub=""; has tests && sub="tests"; has san && sub="$sub san"
-# The GPU tests and the sanitizers while FlashMLA builds: device_cute.sh's steps (CuTe kernel by name and as "auto").
+sub="${DURING:-}"; has tests && sub="$sub tests"; has san && sub="$sub san"
+# While FlashMLA builds: device_cute.sh's steps named in DURING, then the GPU tests and the sanitizers (CuTe kernel by
+# name and as "auto").
 [ -n "$sub" ] && STEPS="$sub" TESTS="${TESTS:-cute or None or auto or compile}" bash scripts/device_cute.sh
 wait; [ -f $OUT/flashmla_build.log ] && tail -1 $OUT/flashmla_build.log
 export PYTHONPATH=$PYTHONPATH:/tmp/flashmla
