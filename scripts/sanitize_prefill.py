@@ -6,7 +6,7 @@ import tritonmla
 from tritonmla.bench.sparse_prefill import make_prefill_inputs
 
 for d_qk in (576, 512):
-    # 300 tokens: more than SMs, so the persistent CuTe kernel's CTAs each walk several
+    # 300 tokens: more than SMs (a persistent kernel's CTAs would each walk several)
     x = make_prefill_inputs(300, 300, 192, 64, d_qk, sink=True, have_topk_length=True, seed=d_qk)
     tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs())
 torch.cuda.synchronize()

@@ -72,9 +72,9 @@ def test_corner_cases_all_invalid(d_qk, heads_q, s_q, s_kv, topk):
 
 @pytest.mark.parametrize("d_qk", [576, 512])
 @pytest.mark.parametrize("heads_q,heads_kv", [(64, 1), (128, 1), (128, 2)])
-def test_many_tokens_per_cta(d_qk, heads_q, heads_kv):
-    """More query tokens than SMs: the persistent CuTe kernel walks several per CTA, with per-token lengths (odd
-    tile counts: a pair without its second tile), sinks and invalid indices, every row checked."""
+def test_many_tokens(d_qk, heads_q, heads_kv):
+    """More query tokens than SMs (several waves of CTAs; a persistent kernel walks several per CTA), per-token
+    lengths (odd tile counts: a pair without its second tile), sinks and invalid indices, every row checked."""
     x = make_prefill_inputs(700, 3000, 448, heads_q, d_qk, heads_kv, sink=True, have_topk_length=True,
                             seed=heads_q + heads_kv)
     check(x, *run_poisoned(x))

@@ -14,6 +14,7 @@ from ..core.cute_runtime import compile_cached
 from ..dense_decode import kernel_sm90_cute as _dense
 from . import kernel_sm90_cute
 
+MAX_TOKENS = 65535  # the launch puts query tokens on the grid's z (at most 65535); longer calls go to portable
 _ZEROS: dict = {}  # device -> [a zero kv row (what the producer reads for an invalid index), known zero eagerly]
 
 
@@ -28,12 +29,6 @@ def _zero_row(device: torch.device) -> torch.Tensor:
         entry[0].zero_()
         entry[1] = True
     return entry[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    """The device's SMs: the persistent launch puts about one CTA on each (a CTA fills an SM's shared memory)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -> Optional[str]:
@@ -84,10 +79,8 @@ class BoundPrefillCute:
         sink = attn_sink if attn_sink is not None else lse
         s_q, heads_q, _ = q.shape
         s_kv, heads_kv, _ = kv.shape
-        per_token = (heads_q // heads_kv + 63) // 64 * heads_kv  # CTAs a token's heads take
-        ctas = max(1, min(s_q, _sm_count(q.device) // per_token))
         return (ptr(bf16, q), ptr(bf16, kv), ptr(i32, indices), ptr(i32, length), ptr(f32, sink),
                 ptr(bf16, zero), ptr(bf16, out), ptr(f32, max_logits), ptr(f32, lse),
                 f32(self.scale_log2), i32(s_q), i32(heads_q), i32(heads_kv), i32(s_kv), i32(indices.shape[-1]),
                 i64(q.stride(0) // 8), i64(q.stride(1) // 8), i64(kv.stride(0) // 8), i64(kv.stride(1) // 8),
-                i64(indices.stride(0)), i64(indices.stride(1)), i32(ctas), cuda.CUstream(stream))
+                i64(indices.stride(0)), i64(indices.stride(1)), cuda.CUstream(stream))

@@ -54,14 +54,16 @@ class SparsePrefillCall:
         # rows), else the portable one; TRITONMLA_KERNEL=portable asks for the portable one. A build failure falls
         # back with a warning, unless TRITONMLA_KERNEL=cute named the CuTe kernel.
         self.cute = None
+        self.cute_max_tokens = 0
         choice = kernel_env()
         if not self.reference and choice != "portable":
             from ..dense_decode.dispatch import cute_device
             if cute_device(q.device) is None:  # (checked before importing CuTe DSL: off SM90 it is never imported)
-                from .bind_cute import BoundPrefillCute, cute_unsupported
+                from .bind_cute import MAX_TOKENS, BoundPrefillCute, cute_unsupported
                 if cute_unsupported(q, kv, indices) is None:
                     try:
                         self.cute = BoundPrefillCute(self.has_len, self.has_sink, q.shape[-1], softmax_scale)
+                        self.cute_max_tokens = MAX_TOKENS
                     except Exception as error:  # noqa: BLE001  (a DSL or toolchain failure: portable serves)
                         if choice == "cute":
                             raise
@@ -83,7 +85,7 @@ class SparsePrefillCall:
             lse = q.new_empty((s_q, self.heads_q), dtype=torch.float32)
         if s_q == 0:
             return out, max_logits, lse
-        if self.cute is not None and (q.data_ptr() | kv.data_ptr()) % 16 == 0:
+        if self.cute is not None and s_q <= self.cute_max_tokens and (q.data_ptr() | kv.data_ptr()) % 16 == 0:
             self.cute.launch(current_stream(self.device_index), q, kv, indices, topk_length, attn_sink, out,
                              max_logits, lse)
             return out, max_logits, lse

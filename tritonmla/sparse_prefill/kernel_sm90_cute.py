@@ -10,11 +10,8 @@ Math, per query token s and head h (V = the first 512 columns of the gathered ro
 d_qk 576 (V3.2) or 512 (MODEL1, a compile-time parameter): at 512 S reads the 8 V boxes only (QK_USED) and the
 producer gathers no RoPE box; the P exchange still goes through that box's shared memory, which nothing else uses.
 
-Persistent: grid (64-head row blocks, KV heads, ctas), about one CTA per SM; a CTA takes a run of consecutive query
-tokens, which the decode consumers walk as requests (Q reloaded per token) whose keys are the token's topk slots, 64
-per tile, no split. The producer gathers ahead across tokens, so a token's first tiles (an index load, then the
-rows: two memory round trips) load while the consumers finish the previous token, and no CTA start or end sits
-between tokens. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
+One CTA per (64 heads of a KV head, KV head, query token): the consumers see one "request" (the token) whose keys
+are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
 threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
 rows with cp.async (invalid slots read a zero row, so no NaN of an unreferenced row reaches a tile), arriving on the
 box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the dense kernel's
@@ -61,11 +58,10 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
                  sink_ptr: cute.Pointer, zero_ptr: cute.Pointer, o_ptr: cute.Pointer, max_ptr: cute.Pointer,
                  lse_ptr: cute.Pointer, scale_log2: Float32, s_q: Int32, heads_q: Int32, heads_kv: Int32,
                  s_kv: Int32, topk: Int32, sq_s8: Int64, sq_h8: Int64, skv_s8: Int64, skv_h8: Int64, sidx_s: Int64,
-                 sidx_h: Int64, ctas: Int32, stream):
+                 sidx_h: Int64, stream):
         """q [s_q, h_q, d_qk] and kv [s_kv, h_kv, d_qk] with row strides in units of 8 elements (16-byte rows), indices
         [s_q, h_kv, topk] (last stride 1), topk_length [s_q], sink [h_q] fp32, zero: 576 zero elements; out
-        [s_q, h_q, 512], max_logits and lse [s_q, h_q], contiguous. ctas: CTAs per (row block, KV head), each
-        taking a run of s_q / ctas consecutive query tokens (1 <= ctas <= s_q)."""
+        [s_q, h_q, 512], max_logits and lse [s_q, h_q], contiguous."""
         heads_per_kv = heads_q // heads_kv
         # The decode consumers' view: a batch of s_q requests of one query position each.
         mQ = cute.make_tensor(q_ptr, cute.make_layout((s_q, 1, heads_q, self.d_qk),
@@ -85,8 +81,8 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
         Storage = shared_storage(dtype)
         m_blocks = (heads_per_kv + BLOCK_M - 1) // BLOCK_M
         self.kernel(mQ, kv_ptr, zero_ptr, mIdx, mLen, mSink, mO, mMax, mLse, scale_log2, heads_per_kv, s_kv, topk,
-                    skv_s8 * 8, skv_h8 * 8, s_q, ctas, qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz,
-                    Storage).launch(grid=[m_blocks, heads_kv, ctas], block=[THREADS, 1, 1],
+                    skv_s8 * 8, skv_h8 * 8, qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz,
+                    Storage).launch(grid=[m_blocks, heads_kv, s_q], block=[THREADS, 1, 1],
                                     smem=Storage.size_in_bytes(), stream=stream)
 
     # ---------------------------------------------------------------- device side
@@ -94,27 +90,26 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
     def kernel(self, mQ: cute.Tensor, kv_ptr: cute.Pointer, zero_ptr: cute.Pointer, mIdx: cute.Tensor,
                mLen: cute.Tensor, mSink: cute.Tensor, mO: cute.Tensor, mMax: cute.Tensor, mLse: cute.Tensor,
                scale_log2: Float32, heads_per_kv: Int32, s_kv: Int32, topk: Int32, skv_s: Int64, skv_h: Int64,
-               s_q: Int32, ctas: Int32, qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma, pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
+               qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma, pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
                q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = warp // 4
         ready, empty, hand, sQ, sK, sV, sRows = self.shared(Storage, swz, k_outer, q_outer, v_outer)
 
-        # This CTA's query tokens: a run of consecutive ones (the decode consumers walk them as requests, the
-        # producer gathers ahead across them, so a token's first tiles load under the previous one's last pair).
-        z = cute.arch.block_idx()[2]
-        first = (z * s_q) // ctas
-        last = ((z + 1) * s_q) // ctas - 1
+        token = cute.arch.block_idx()[2]
+        length = topk
+        if const_expr(self.has_len):
+            length = cutlass.min(cutlass.max(mLen[token], 0), topk)
         # What the overridden hooks below read (values of this kernel's trace).
-        self.t_idx, self.t_lens, self.t_topk, self.t_rows, self.t_sink, self.t_max = mIdx, mLen, topk, s_kv, mSink, mMax
+        self.t_idx, self.t_len, self.t_rows, self.t_sink, self.t_max = mIdx, length, s_kv, mSink, mMax
         if wg == 2:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, first, last, s_kv, skv_s, skv_h)
+            self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
         else:
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
             # (mSeq, mNumSplits and the partials are never read: request_tiles and epilogue are overridden)
             args = (mQ, mLen, mLen, mO, mLse, mO, mLse, sQ, sK, sV, sRows, ready, empty, hand, qk_mma, pv_mma_rs,
-                    pv_mma_ss, scale_log2, Int32(1), heads_per_kv, Int32(0), topk, first, Int32(0), last, Int32(0),
+                    pv_mma_ss, scale_log2, Int32(1), heads_per_kv, Int32(0), topk, token, Int32(0), token, Int32(0),
                     Int32(0))
             if wg == 0:
                 self.mark(2, 0, 0)
@@ -124,23 +119,15 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
                 self.consumer(1, *args)
 
     @cute.jit
-    def token_length(self, b):
-        """Query token b's slots: topk_length[b] clamped to [0, topk], or topk."""
-        length = self.t_topk
-        if const_expr(self.has_len):
-            length = cutlass.min(cutlass.max(self.t_lens[b], 0), length)
-        return length
-
-    @cute.jit
     def request_tiles(self, mSeq, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap):
-        """Token b's keys: its first token_length(b) topk slots, all in this CTA."""
-        length = self.token_length(b)
+        """The token's keys: its first `length` topk slots, all in this CTA."""
+        length = self.t_len
         n_tiles = (length + BLOCK_N - 1) // BLOCK_N
         return length, Int32(0), length, n_tiles, True
 
     # ---------------------------------------------------------------- producer: a warpgroup gathering rows
     @cute.jit
-    def gather(self, kv_ptr, zero_ptr, mIdx, sK, ready, empty, first, last, s_kv, skv_s, skv_h):
+    def gather(self, kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h):
         tidx, _, _ = cute.arch.thread_idx()
         t = tidx % 128
         group = t // 8  # rows group + 16 k of each tile
@@ -151,50 +138,40 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
                                    num_bits_per_copy=128)
         kv_base = kv_ptr.toint() + kv_head * skv_h * elem
         zero = zero_ptr.toint()
-        fills_a = Int32(0)  # fills of slot 0 / 1 so far: the k-th fill waits for the (k-1)-th release
-        fills_b = Int32(0)
-        for token in cutlass.range(first, last + 1, unroll=1):
-            length = self.token_length(token)
-            n_tiles = (length + BLOCK_N - 1) // BLOCK_N
-            for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
-                src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
+        n_tiles = (length + BLOCK_N - 1) // BLOCK_N
+        for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
+            src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
+            for slot in cutlass.range_constexpr(2):
+                for k in cutlass.range_constexpr(BLOCK_N // 16):
+                    col = (2 * j + slot) * BLOCK_N + group + 16 * k
+                    index = Int32(-1)
+                    if col < length:
+                        index = mIdx[token, kv_head, col]
+                    addr = zero
+                    if index >= 0 and index < s_kv:
+                        addr = kv_base + Int64(index) * skv_s * elem
+                    src[slot, k] = addr
+            for g in cutlass.range_constexpr(2):
                 for slot in cutlass.range_constexpr(2):
-                    for k in cutlass.range_constexpr(BLOCK_N // 16):
-                        col = (2 * j + slot) * BLOCK_N + group + 16 * k
-                        index = Int32(-1)
-                        if col < length:
-                            index = mIdx[token, kv_head, col]
-                        addr = zero
-                        if index >= 0 and index < s_kv:
-                            addr = kv_base + Int64(index) * skv_s * elem
-                        src[slot, k] = addr
-                for g in cutlass.range_constexpr(2):
-                    for slot in cutlass.range_constexpr(2):
-                        if 2 * j + slot < n_tiles:
-                            fills = fills_a + j
-                            if const_expr(slot == 1):
-                                fills = fills_b + j
-                            if const_expr(g + slot == 0):
-                                if fills == 0:
-                                    self.mark(2, 6, 6)
-                            cute.arch.mbarrier_wait(empty + slot * 2 + g, (fills & 1) ^ 1)
-                            # (the second group's extra box is the RoPE box, gathered only at d_qk 576)
-                            for i in cutlass.range_constexpr(HALF_BOXES + g * (self.QK_USED - V_BOXES)):
-                                c = (i + (slot + g) * HALF_BOXES) % V_BOXES
-                                if i == HALF_BOXES:
-                                    c = V_BOXES
-                                box = sK[None, (None, c), slot]
-                                for k in cutlass.range_constexpr(BLOCK_N // 16):
-                                    row = group + 16 * k
-                                    cute.copy(atom,
-                                              _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
-                                              cute.local_tile(box[row, None], (8,), (chunk,)))
-                                cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
-                            if const_expr(g + slot == 0):
-                                if fills == 0:
-                                    self.mark(2, 7, 7)
-            fills_a += (n_tiles + 1) // 2
-            fills_b += n_tiles // 2
+                    if 2 * j + slot < n_tiles:
+                        if const_expr(g + slot == 0):
+                            if j == 0:
+                                self.mark(2, 6, 6)
+                        cute.arch.mbarrier_wait(empty + slot * 2 + g, (j & 1) ^ 1)
+                        # (the second group's extra box is the RoPE box, gathered only at d_qk 576)
+                        for i in cutlass.range_constexpr(HALF_BOXES + g * (self.QK_USED - V_BOXES)):
+                            c = (i + (slot + g) * HALF_BOXES) % V_BOXES
+                            if i == HALF_BOXES:
+                                c = V_BOXES
+                            box = sK[None, (None, c), slot]
+                            for k in cutlass.range_constexpr(BLOCK_N // 16):
+                                row = group + 16 * k
+                                cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
+                                          cute.local_tile(box[row, None], (8,), (chunk,)))
+                            cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
+                        if const_expr(g + slot == 0):
+                            if j == 0:
+                                self.mark(2, 7, 7)
 
     # ---------------------------------------------------------------- consumer hooks
     @cute.jit
@@ -203,8 +180,8 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
         self.mark(2, 2 + role, 2 + role)
 
     def index_coords(self):
-        """The index list of the current tile (IndexMask): the current token's, for the CTA's KV head."""
-        return self.t_cur_req[0], cute.arch.block_idx()[1]
+        """The CTA's index list (IndexMask): its token's, for its KV head."""
+        return cute.arch.block_idx()[2], cute.arch.block_idx()[1]
 
     @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
@@ -253,7 +230,7 @@ def placeholder_args() -> tuple:
         return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16 if t is bf16 else 4)
 
     return (ptr(bf16), ptr(bf16), ptr(i32), ptr(i32), ptr(f32), ptr(bf16), ptr(bf16), ptr(f32), ptr(f32),
-            f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, i32(1), cuda.CUstream(0))
+            f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, cuda.CUstream(0))
 
 
 def compile_offline(has_topk_length: bool = True, has_sink: bool = True, d_qk: int = D_QK) -> dict:
