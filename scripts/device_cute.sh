@@ -56,15 +56,6 @@ if has ptimeline; then  # the prefill kernel's timeline (PT_CASES, comma-separat
     timeout 120 python3 scripts/cute_timeline.py prefill $c 2>&1 | tail -24 | tee -a $OUT/ptimeline.log
   done
 fi
-if has sdtests; then  # issue 25: the CuTe sparse FP8 decode kernel (opt-in kernel="cute"): its GPU tests, sanitizers
-  timeout 200 python3 -m pytest -q tests/test_sparse_gpu.py -k cute_kernel -p no:cacheprovider > $OUT/sd_tests.log 2>&1
-  echo "sparse cute tests rc=$?"; grep -E "^(FAILED|ERROR)|^E  |passed|failed" $OUT/sd_tests.log | head -8
-  for tool in ${SD_SAN-memcheck racecheck}; do
-    timeout 120 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 python3 -m pytest -q -x \
-      tests/test_sparse_gpu.py -k "cute_kernel and 128-576" -p no:cacheprovider > $OUT/san_sd_$tool.log 2>&1
-    echo "sparse cute $tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_sd_$tool.log | tail -1)"
-  done
-fi
 if has prefill; then  # the CuTe sparse prefill kernel (SM90's default): its GPU tests, sanitizers, FlashMLA's cases
   timeout 240 python3 -m pytest -q -x tests/test_sparse_prefill_gpu.py -k "${PREFILL_TESTS:-not portable}" -p no:cacheprovider > $OUT/prefill_tests.log 2>&1
   echo "prefill tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" $OUT/prefill_tests.log | head -5

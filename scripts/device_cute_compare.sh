@@ -4,7 +4,7 @@
 # compute-sanitizer on the CuTe kernel meanwhile, then our kernels timed beside FlashMLA: the head suite, the seed
 # table, the small-batch table, CPU time per call, ncu of the three kernels on one case.
 # STEPS picks steps (default: build tests san head seed); others: small prefill overhead ncu. KERNELS: ours to time
-# (default hopper,cute). DURING: other device_cute.sh steps to run while FlashMLA builds (e.g. "sdtests ptimeline").
+# (default hopper,cute). DURING: other device_cute.sh steps to run while FlashMLA builds (e.g. "ptimeline").
 # Usage: STEPS="..." bash scripts/device_cute_compare.sh
 set -u
 export PYTHONUNBUFFERED=1

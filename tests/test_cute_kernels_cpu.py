@@ -60,13 +60,3 @@ def test_sparse_prefill_compiles_to_the_schedule(has_len, has_sink, d_qk):
     assert ops.get("LDGSTS", 0) == 4 * boxes * 2, ops
     assert facts["ldl"] == 0 and facts["stl"] == 0 and facts["frame_bytes"] == 0, ops
 
-
-@pytest.mark.parametrize("has_len,has_sink", [(True, True), (False, False)])
-def test_sparse_decode_compiles_to_the_schedule(has_len, has_sink):
-    """The CuTe sparse FP8 decode kernel (the decode schedule over rows a producer warpgroup dequantizes): the same
-    wgmmas, no spills at its 232 / 48 register split."""
-    from tritonmla.sparse_decode import kernel_sm90_cute
-    facts = kernel_sm90_cute.compile_offline(has_len, has_sink)
-    ops = facts["opcodes"]
-    assert facts["hgmma"] == hgmma() and ops.get("WARPGROUP", 0) <= warpgroup_ops(), ops
-    assert facts["ldl"] == 0 and facts["stl"] == 0 and facts["frame_bytes"] == 0, ops

@@ -356,22 +356,3 @@ def test_torch_compile(d_qk, heads_q):
     want_out, want_lse = step(*args)
     assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
     check(x, out / 2, lse)
-
-
-@pytest.mark.parametrize("heads_q,topk,page,s_k,batch,seq_q,have_len,sink,all_invalid", [
-    (64, 64, 2, 512, 4, 1, False, False, False), (128, 576, 61, 1024, 74, 2, True, True, False),
-    (128, 2048, 64, 2046, 4, 1, True, True, False), (64, 2048, 576, 2046, 74, 3, False, True, False),
-    (128, 64, 61, 512, 74, 1, True, True, True), (64, 16384, 64, 16384, 4, 2, True, False, False)])
-def test_cute_kernel(heads_q, topk, page, s_k, batch, seq_q, have_len, sink, all_invalid):
-    """The CuTe DSL kernel (kernel="cute", opt-in; V3.2 layout, no extra cache): FlashMLA's shapes, odd page
-    sizes, s_q up to 3, topk lengths, sinks, all-invalid indices, many splits; poisoned outputs and partials."""
-    from tritonmla.dense_decode.dispatch import cute_device
-    why = cute_device(torch.device("cuda"))
-    if why is not None:
-        pytest.skip(why)
-    x = make_sparse_inputs(batch, seq_q, heads_q, 576, topk, page, s_k, have_topk_length=have_len, sink=sink,
-                           all_invalid=all_invalid, device="cuda", seed=topk + heads_q + batch)
-    call = sparse_call.SparseCall(x.q, x.k_cache, x.indices, x.topk_length, x.attn_sink, None, None, None,
-                                  x.softmax_scale, "cute")
-    assert call.cute is not None
-    check(x, *run_poisoned(x, "cute"))

@@ -279,12 +279,7 @@ class MlaDecodeSm90:
                       end_tile: Int32, seqlen_cap: Int32):
         """Request b's part in this plan row (as kernel_portable.request_tiles): seqlen clamped to
         [0, seqlen_cap], the part's tokens [lo, hi), its tile count, and whether the part writes the output."""
-        return self.part_range(cutlass.min(cutlass.max(mSeq[b], 0), seqlen_cap), b, begin_req, begin_tile, end_req,
-                               end_tile)
-
-    @cute.jit
-    def part_range(self, seqlen, b, begin_req, begin_tile, end_req, end_tile):
-        """Request b's keys in this plan row, given its key count: (seqlen, lo, hi, n_tiles, has_work)."""
+        seqlen = cutlass.min(cutlass.max(mSeq[b], 0), seqlen_cap)
         lo = Int32(0)
         if b == begin_req:
             lo = begin_tile * BLOCK_N
@@ -367,10 +362,7 @@ class MlaDecodeSm90:
         uses_a = Int32(0)  # uses of slot 0 / 1 so far: the phase of their `ready` barriers
         uses_b = Int32(0)
         n_req = Int32(0)  # requests so far: the phase of the Q / row-sum barriers
-        cur_req = cute.make_rmem_tensor((1,), Int32)  # the request being walked, for hooks that read its inputs
-        self.t_cur_req = cur_req
         for b in cutlass.range(begin_req, end_req + 1, unroll=1):
-            cur_req[0] = b
             seqlen, lo, hi, n_tiles, has_work = self.request_tiles(mSeq, b, begin_req, begin_tile, end_req,
                                                                    end_tile, seqlen_cap)
             # Q of this request: each warpgroup stores alternate boxes. Both finished every wgmma on the previous
@@ -723,10 +715,6 @@ class MlaDecodeSm90:
         cute.arch.mbarrier_arrive(hand + H_L)
         cute.arch.mbarrier_wait(hand + H_L, phase)
 
-    def out_factor(self, inv, lse2, seen, head):
-        """The factor of an unsplit request's output row: 1 / l (a subclass hook: sparse decoding adds the sink)."""
-        return inv
-
     @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
                  has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
@@ -754,8 +742,7 @@ class MlaDecodeSm90:
                 q_pos = row_g // heads_per_kv
                 head = kv_head * heads_per_kv + row_g % heads_per_kv
                 if num_splits == 1:
-                    out_scale = self.out_factor(inv, lse2, seen, head)
-                    store_half_row(o_mn, h, out_scale, mO[b, q_pos, head, None].iterator.toint()
+                    store_half_row(o_mn, h, inv, mO[b, q_pos, head, None].iterator.toint()
                                    + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
                     if const_expr(role == 0):
                         if lane % 4 == 0:

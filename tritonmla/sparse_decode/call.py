@@ -54,16 +54,8 @@ class SparseCall:
         # The Gluon kernel where it can run; "portable" forces the other, "hopper" insists (a build failure
         # raises instead of falling back).
         requested = requested_kernel(kernel)
-        # The CuTe DSL kernel (kernel_sm90_cute), opt-in while it is being validated: "cute" takes it where it can
-        # run (SM90 with CuTe DSL, V3.2 layout, no extra cache, h_q % 64 == 0), else the default choice.
-        self.cute = None
-        if requested == "cute":
+        if requested == "cute":  # no CuTe sparse kernel yet (TRITONMLA_KERNEL=cute): the default choice
             requested = "auto"
-            from ..dense_decode.dispatch import cute_device
-            if not self.reference and cute_device(q.device) is None:
-                from .bind_cute import BoundSparseCute, cute_unsupported
-                if cute_unsupported(q, k_cache, indices, extra_k_cache) is None:
-                    self.cute = BoundSparseCute(topk_length is not None, attn_sink is not None, softmax_scale)
         self.insist = requested == "hopper"
         self.hopper = requested != "portable" and hopper_unsupported(q) is None
         self.softmax_scale = softmax_scale
@@ -83,7 +75,6 @@ class SparseCall:
         self.merges = self.num_parts > 1
         self.cache_alignment = cache_alignment(self.layout)
         self.bound: dict[bool, tuple] = {}  # 16-byte aligned pointers? -> (decode, combine or None)
-        self.cute_combine = None
 
     def plan(self, topk_length, extra_topk_length) -> tuple[torch.Tensor, torch.Tensor]:
         """(tile_scheduler_metadata, num_splits) for these lengths, on the device (no host sync)."""
@@ -119,20 +110,6 @@ class SparseCall:
             for name, ptr in (("k_cache", ptrs[1]), ("extra_k_cache", ptrs[4])):
                 if ptr % self.cache_alignment:
                     raise ValueError(f"{name} must start at a {self.cache_alignment}-byte aligned address")
-        if self.cute is not None and aligned:
-            stream = current_stream(self.device_index)
-            if workspace is None:
-                workspace = stream_workspace(stream, self.workspace_numel, self.device)
-            out_partial = workspace[:self.partial_numel].view(*self.partial_shape, D_V)
-            lse_partial = workspace[self.partial_numel:self.workspace_numel].view(self.partial_shape)
-            self.cute.launch(stream, q, k_cache, indices, topk_length, attn_sink, sched, splits, out, lse,
-                             out_partial, lse_partial)
-            if self.merges:
-                if self.cute_combine is None:
-                    self.cute_combine = bind_combine_sink(out_partial, lse_partial, splits, sink, out, lse,
-                                                          self.has[3])
-                self.cute_combine.launch_generic(stream, (out_partial, lse_partial, splits, sink, out, lse))
-            return out, lse
         bound = self.bound.get(aligned)
         if bound is not None and bound[0].direct and (bound[1] is None or bound[1].direct):
             stream = current_stream(self.device_index)
