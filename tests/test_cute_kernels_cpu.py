@@ -20,6 +20,14 @@ def warpgroup_ops(boxes: int = 9) -> int:
     return 2 * boxes + 4 + 6
 
 
+def assert_register_split(module, facts) -> None:
+    """The setmaxnreg re-split fits the CTA's register pool: THREADS x the launch register count (not 64 K; a split
+    over it leaves a consumer warp's setmaxnreg.inc retrying forever: a hang, no error)."""
+    assert facts["usetmaxreg"] == 2, facts["opcodes"]
+    need = 2 * 128 * module.CONSUMER_REGS + 128 * module.PRODUCER_REGS
+    assert need <= module.THREADS * facts["registers"], (need, facts["registers"])
+
+
 if cute_runtime.cute_error() is not None:
     pytest.skip(f"CuTe DSL unavailable: {cute_runtime.cute_error()}", allow_module_level=True)
 
@@ -36,6 +44,7 @@ def test_dense_decode_compiles_to_the_schedule(dtype, page_size):
     assert facts["usetmaxreg"] == 2, ops  # producer down, consumers up
     assert facts["stsm"] >= 8, ops  # P handed over with stmatrix
     assert facts["ldl"] == 0 and facts["stl"] == 0 and kernel["frame_bytes"] == 0, f"local memory: {kernel}"
+    assert_register_split(kernel_sm90_cute, facts)
 
 
 def test_dense_decode_timeline_variant_compiles():
@@ -59,4 +68,5 @@ def test_sparse_prefill_compiles_to_the_schedule(has_len, has_sink, d_qk):
     assert facts["hgmma"] == hgmma(boxes) and ops.get("WARPGROUP", 0) <= warpgroup_ops(boxes), ops
     assert ops.get("LDGSTS", 0) == 4 * boxes * 2, ops
     assert facts["ldl"] == 0 and facts["stl"] == 0 and facts["frame_bytes"] == 0, ops
+    assert_register_split(kernel_sm90_cute, facts)
 
