@@ -523,7 +523,8 @@ class MlaDecodeSm90:
 
     @cute.jit
     def to_operand(self, acc_s):
-        """P (the S accumulator, f32) as the A operand of P V in registers: same element order, 16-bit."""
+        """P (the S accumulator, f32) as the A operand of P V in registers (same element order, 16-bit), and the same
+        registers seen in the accumulator's layout (for store_p)."""
         frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, BLOCK_N // 16), stride=((1, 2, 4), 0, 8)),
                                      self.dtype)
         p = cute.make_tensor(frag.iterator, acc_s.layout)
