@@ -19,13 +19,6 @@ if has ab; then
   base=""; for f in tritonmla/dense_decode/_ab_*.py; do [ -f "$f" ] && base="$base --base tritonmla.dense_decode.$(basename $f .py)"; done
   timeout 330 python3 scripts/cute_ab.py $base ${AB_ARGS:-} 2>&1 | tail -12 | tee $OUT/ab.log | cut -c1-200
 fi
-if has abpick; then  # keep the faster of the tree's kernel and _ab_pick.py (cute_ab's geomean) for the later steps
-  g=$(grep -oP "ab_pick: time / cute geomean \K[0-9.]+" $OUT/ab.log)
-  if [ -n "$g" ] && python3 -c "import sys; sys.exit(0 if $g < 0.995 else 1)"; then
-    cp tritonmla/dense_decode/_ab_pick.py tritonmla/dense_decode/kernel_sm90_cute.py; echo pick > /tmp/ab_winner
-  else echo tree > /tmp/ab_winner; fi
-  echo "ab winner: $(cat /tmp/ab_winner) (geomean $g)"
-fi
 if has tests; then
   timeout 240 python3 -m pytest -q -x tests/test_gpu.py tests/test_bind_cute_cpu.py tests/test_bad_inputs.py -k "${TESTS:-cute}" \
     -p no:cacheprovider --maxfail=3 > $OUT/tests.log 2>&1

@@ -13,9 +13,6 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 root=$PWD
 [ -d /tmp/cutedsl/nvidia_cutlass_dsl ] || { echo "CuTe DSL not installed (run device_cute.sh first)"; exit 1; }
 export PYTHONPATH=$root:/tmp/cutedsl:/tmp/cutedsl/nvidia_cutlass_dsl/dsl_packages
-if [ "$(cat /tmp/ab_winner 2>/dev/null)" = pick ]; then  # device_cute.sh's abpick chose the other version
-  cp tritonmla/dense_decode/_ab_pick.py tritonmla/dense_decode/kernel_sm90_cute.py; echo "kernel: _ab_pick.py"
-fi
 if has build; then
   (bash .flashmla/flashmla.sh build .flashmla > $OUT/flashmla_build.log 2>&1; echo "flashmla build rc=$?" >> $OUT/flashmla_build.log) &
 fi

@@ -1,7 +1,8 @@
 """Benchmark: FlashMLA's published decode table, side by side with FlashMLA's figures on the same H100.
 
-    python -m tritonmla.bench [--quick] [--suite seed|head|small] [--kernel both|auto,hopper,cute,portable] [--compare flashmla]
-                              [--csv FILE] [--json FILE] [--plot FILE.png] [--overhead] [--first-call]
+    python -m tritonmla.bench [--quick] [--suite seed|head|small] [--kernel both|auto,hopper,cute,portable]
+                              [--compare flashmla] [--csv FILE] [--json FILE] [--plot FILE.png] [--overhead]
+                              [--first-call]
     python -m tritonmla.bench sparse-decode [...]    (sparse decoding over FP8 caches: tritonmla.bench.sparse)
     python -m tritonmla.bench sparse-prefill [...]   (sparse attention prefill: tritonmla.bench.sparse_prefill)
 

@@ -10,19 +10,24 @@ machine without a GPU it assumes sm_100a, so set CUTE_DSL_ARCH=sm_90a there befo
 """
 from __future__ import annotations
 
+import ast
 import collections
 import ctypes
 import functools
 import hashlib
+import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import os
 import platform
 import re
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -92,6 +97,45 @@ def compile_cached(key: tuple, build: Callable[[], tuple[Callable, tuple, dict]]
             if fn is None:
                 fn = _MEM[key] = _load_or_compile(key, build, tuple(sources))
     return fn
+
+
+def kernel_sources(module: types.ModuleType) -> tuple[str, ...]:
+    """The files of `module` and of every tritonmla module it imports, transitively (read from the import statements,
+    so constants imported by name count): what a kernel's disk-cache entry must be keyed on (compile_cached's
+    `sources`), so that an edit to a helper the kernel is traced through recompiles it. This runtime module is
+    left out (it compiles the kernel; nothing of it is traced). Once per module and process."""
+    return _kernel_sources(module.__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_sources(module_name: str) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    todo = [module_name]
+    while todo:
+        name = todo.pop()
+        if name in seen or name == __name__:
+            continue
+        mod = sys.modules.get(name) or importlib.import_module(name)
+        seen[name] = mod.__file__
+        package = name if mod.__file__.endswith("__init__.py") else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(Path(mod.__file__).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            todo += [n for n in names if n.split(".")[0] == "tritonmla" and _is_module(n)]
+    return tuple(sorted(seen.values()))
+
+
+def _is_module(name: str) -> bool:
+    """Whether `name` is an importable module (`from a.b import c`: c may be a module or just a name in a.b)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, AttributeError):  # a parent that is a module, not a package
+        return False
 
 
 def _load_or_compile(key: tuple, build: Callable[[], tuple[Callable, tuple, dict]], sources: tuple) -> Any:

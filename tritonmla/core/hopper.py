@@ -1,8 +1,7 @@
 """What every operation's kernel choice shares: the `kernel` argument ("auto", "hopper", "cute", "portable", or
-TRITONMLA_KERNEL; "cute" names the CuTe DSL Hopper kernel, dense decoding only so far), whether Gluon is
-importable, and whether a device can run a Hopper (SM90) kernel at all. Each
-operation decides from these which of its kernels runs (tritonmla.dense_decode.dispatch,
-tritonmla.sparse_decode.call)."""
+TRITONMLA_KERNEL; "cute" names the CuTe DSL Hopper kernels: dense decoding and sparse prefill), whether Gluon is
+importable, and whether a device can run a Hopper (SM90) kernel at all. Each operation decides from these which of
+its kernels runs (tritonmla.dense_decode.dispatch, tritonmla.sparse_decode.call, tritonmla.sparse_prefill.call)."""
 from __future__ import annotations
 
 import functools

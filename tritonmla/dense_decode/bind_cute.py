@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from ..core import constants as _constants
-from ..core.cute_runtime import compile_cached
+from ..core.cute_runtime import compile_cached, kernel_sources
 from . import kernel_sm90_cute
 
 N_PTRS = 10  # q, k, block_table, seqlens, sched, splits, out, lse, out_partial, lse_partial
@@ -39,29 +38,18 @@ def _cutlass_dtype(name: str):
 
 
 def _build(dtype_name: str, page_size: int, cache_policy: int):
-    """What cute.compile needs for one variant: placeholder pointers and scalars (their values are not baked in)."""
-    import cuda.bindings.driver as cuda
-    import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import make_ptr
-
-    dtype = _cutlass_dtype(dtype_name)
-    f32, i32, i64 = cutlass.Float32, cutlass.Int32, cutlass.Int64
-
-    def ptr(t):
-        return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16)
-
-    args = (ptr(dtype), ptr(dtype), ptr(i32), ptr(i32), ptr(i32), ptr(i32), ptr(dtype), ptr(f32), ptr(f32), ptr(f32),
-            f32(1.0), *(i32(1),) * 5, *(i64(1),) * 3, *(i32(1),) * 5, cuda.CUstream(0))
-    return kernel_sm90_cute.MlaDecodeSm90(dtype, page_size, cache_policy), args, {}
+    """What cute.compile needs for one variant."""
+    kernel = kernel_sm90_cute.MlaDecodeSm90(_cutlass_dtype(dtype_name), page_size, cache_policy)
+    return kernel, kernel_sm90_cute.placeholder_args(dtype_name), {}
 
 
 def compiled_variant(dtype_name: str, page_size: int, cache_policy: int) -> Any:
     """The compiled kernel for one variant: from memory, the disk cache, or a compile (~10 s). The disk key holds
-    this file, the kernel's and the constants' sources (compile_cached adds the DSL version and settings)."""
+    this file and the sources of the kernel and everything of tritonmla it imports (compile_cached adds the DSL
+    version and settings)."""
     key = ("tritonmla.dense_decode.cute", 1, dtype_name, int(page_size), int(cache_policy))
     return compile_cached(key, functools.partial(_build, dtype_name, int(page_size), int(cache_policy)),
-                          sources=(kernel_sm90_cute.__file__, _constants.__file__))
+                          sources=kernel_sources(kernel_sm90_cute))
 
 
 def _f32_bits(x: float) -> int:
@@ -195,7 +183,6 @@ class BoundCute:
         self.heads_per_kv = q.shape[2] // heads_kv
         self.causal = int(causal)
         policy = kernel_sm90_cute.TMA_CACHE_POLICY  # (read per binding: scripts/cute_ab.py flips it)
-        self.key = (self.dtype_name, page_size, policy)
         self.compiled = compiled_variant(self.dtype_name, page_size, policy)
         # The kernel loads q rows 16 bytes at a time: strides in units of 8 elements. q's strides are part of the
         # configuration; the fast path needs them so (launch_generic copies q otherwise).

@@ -26,8 +26,8 @@ same tile, read through a transposed view: one copy of each cache row), each slo
 mbarrier per box so S starts as the first box lands. A slot is released in two groups of 4 boxes (+ the RoPE box)
 by per-thread mbarrier arrivals (count 128: every consumer thread arrives after its own wgmma wait, so no
 warpgroup barrier precedes a release), each group as soon as its last wgmma is done; the producer takes a pair's
-four releases in the order they come (A's left half, B's right half, then the rest of A and of B). Hand-offs between the warpgroups (m_A, m_B, P_A, P_B, the row sums, Q) go
-through mbarriers the same way: every writing thread arrives after its own writes (and, for what a wgmma reads, a
+four releases in the order they come (A's left half, B's right half, then the rest of A and of B). Hand-offs
+between the warpgroups (m_A, m_B, P_A, P_B, the row sums, Q) go through mbarriers the same way: every writing thread arrives after its own writes (and, for what a wgmma reads, a
 proxy fence), the readers wait on the phase, so each write is ordered before the reads by the PTX memory model
 (compute-sanitizer racecheck: 0 hazards; the named-barrier version drew 15 reports). Re-writes are ordered by the
 opposite hand-off of the same pair.
@@ -168,8 +168,8 @@ class MlaDecodeSm90:
     def __call__(self, q_ptr: cute.Pointer, k_ptr: cute.Pointer, bt_ptr: cute.Pointer, seq_ptr: cute.Pointer,
                  sched_ptr: cute.Pointer, splits_ptr: cute.Pointer, o_ptr: cute.Pointer, lse_ptr: cute.Pointer,
                  op_ptr: cute.Pointer, lp_ptr: cute.Pointer, scale_log2: Float32, batch: Int32, seq_q: Int32,
-                 heads_per_kv: Int32, heads_kv: Int32, causal: Int32, sqb8: Int64, sqs8: Int64, sqh8: Int64, stride_btb: Int32, max_pages: Int32, num_blocks: Int32,
-                 slots: Int32, num_parts: Int32, stream):
+                 heads_per_kv: Int32, heads_kv: Int32, causal: Int32, sqb8: Int64, sqs8: Int64, sqh8: Int64,
+                 stride_btb: Int32, max_pages: Int32, num_blocks: Int32, slots: Int32, num_parts: Int32, stream):
         """Pointers and sizes only (no tensor objects: cheap to call). q's strides come in units of 8 elements so
         its rows load 16 bytes at a time; out, lse and the partials are contiguous."""
         heads_q = heads_per_kv * heads_kv
@@ -759,20 +759,26 @@ class MlaDecodeSm90:
                             mLp[split_row, kv_head, row_g] = lse2
 
 
-def compile_offline(dtype_name: str = "bf16", page_size: int = 64, timeline: int = 0) -> dict:
-    """Compile one variant with placeholder pointers (no GPU needed: set CUTE_DSL_ARCH=sm_90a before cutlass is
-    imported) and return the SASS facts of its cubin (tritonmla.core.cute_runtime.sass_facts): the CPU tests'
-    view of the kernel."""
+def placeholder_args(dtype_name: str) -> tuple:
+    """__call__'s arguments for cute.compile: pointers with the alignment calls guarantee (16 bytes), placeholder
+    scalars (their values are not baked in)."""
     import cuda.bindings.driver as cuda
     from cutlass.cute.runtime import make_ptr
 
-    from ..core.cute_runtime import sass_facts
     dtype = {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16}[dtype_name]
     f32, i32, i64 = cutlass.Float32, cutlass.Int32, cutlass.Int64
 
     def ptr(t):
         return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16)
 
-    args = (ptr(dtype), ptr(dtype), ptr(i32), ptr(i32), ptr(i32), ptr(i32), ptr(dtype), ptr(f32), ptr(f32), ptr(f32),
+    return (ptr(dtype), ptr(dtype), ptr(i32), ptr(i32), ptr(i32), ptr(i32), ptr(dtype), ptr(f32), ptr(f32), ptr(f32),
             f32(1.0), *(i32(1),) * 5, *(i64(1),) * 3, *(i32(1),) * 5, cuda.CUstream(0))
-    return sass_facts(cute.compile(MlaDecodeSm90(dtype, page_size, timeline=timeline), *args))
+
+
+def compile_offline(dtype_name: str = "bf16", page_size: int = 64, timeline: int = 0) -> dict:
+    """Compile one variant with placeholder pointers (no GPU needed: set CUTE_DSL_ARCH=sm_90a before cutlass is
+    imported) and return the SASS facts of its cubin (tritonmla.core.cute_runtime.sass_facts): the CPU tests'
+    view of the kernel."""
+    from ..core.cute_runtime import sass_facts
+    dtype = {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16}[dtype_name]
+    return sass_facts(cute.compile(MlaDecodeSm90(dtype, page_size, timeline=timeline), *placeholder_args(dtype_name)))

@@ -8,10 +8,8 @@ from typing import Optional
 
 import torch
 
-from ..core import constants as _constants
 from ..core.constants import D_QK, D_V
-from ..core.cute_runtime import compile_cached
-from ..dense_decode import kernel_sm90_cute as _dense
+from ..core.cute_runtime import compile_cached, kernel_sources
 from . import kernel_sm90_cute
 
 MAX_TOKENS = 65535  # the launch puts query tokens on the grid's z (at most 65535); longer calls go to portable
@@ -57,7 +55,7 @@ class BoundPrefillCute:
         self.scale_log2 = softmax_scale * 1.4426950408889634
         key = ("tritonmla.sparse_prefill.cute", 1, bool(has_len), bool(has_sink), int(d_qk))
         self.compiled = compile_cached(key, functools.partial(_build, bool(has_len), bool(has_sink), int(d_qk)),
-                                       sources=(kernel_sm90_cute.__file__, _dense.__file__, _constants.__file__))
+                                       sources=kernel_sources(kernel_sm90_cute))
 
     def launch(self, stream: int, q, kv, indices, topk_length, attn_sink, out, max_logits, lse) -> None:
         self.compiled(*self.dsl_args(stream, q, kv, indices, topk_length, attn_sink, out, max_logits, lse))

@@ -1,7 +1,8 @@
-"""Per-configuration sparse prefill calls (the eager path), as tritonmla.dense_decode.call does for decoding: a configuration
-(everything but the token counts s_q and s_kv: head counts, head dim, topk, strides, dtypes, devices, which
-optional inputs are given, the scale) is checked and bound on its first call; later calls are a dictionary
-lookup, three allocations and one launch straight into Triton's C launcher, with the grid sized by s_q.
+"""Per-configuration sparse prefill calls (the eager path), as tritonmla.dense_decode.call does for decoding: a
+configuration (everything but the token counts s_q and s_kv: head counts, head dim, topk, strides, dtypes, devices,
+which optional inputs are given, the scale, TRITONMLA_KERNEL) is checked and bound on its first call; later calls are
+a dictionary lookup, three allocations and one launch: the CuTe DSL kernel on SM90 (sparse_prefill.bind_cute), else
+straight into Triton's C launcher, with the grid sized by s_q.
 """
 from __future__ import annotations
 
