@@ -401,7 +401,8 @@ class MlaDecodeSm90:
                 if has_b:
                     uses_b += 1
             self.epilogue(role, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv, has_work, mNumSplits,
-                          mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, n_req & 1, begin_req, begin_split)
+                          mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, n_req & 1, begin_req, begin_split, t,
+                          sQ)
             n_req += 1
 
     @cute.jit
@@ -717,9 +718,48 @@ class MlaDecodeSm90:
         cute.arch.mbarrier_wait(hand + H_L, phase)
 
     @cute.jit
+    def out_row(self, mO, b, row_g, kv_head, heads_per_kv):
+        """The address of output row row_g (of the CTA's rows q_pos * heads_per_kv + head in group) of request b."""
+        return mO[b, row_g // heads_per_kv, kv_head * heads_per_kv + row_g % heads_per_kv, None].iterator.toint()
+
+    @cute.jit
+    def store_out(self, role: cutlass.Constexpr, t, lane, acc_o, factor, sQ, mO, b, m_block, kv_head, n_rows,
+                  heads_per_kv):
+        """This warpgroup's half of the CTA's output rows (< n_rows), each row times factor[h], through shared memory
+        so that the global stores are whole: stmatrix into the Q boxes this warpgroup loads (c % 2 == role; Q is free
+        once both warpgroups met at the row sums, and each reloads only its own boxes next), then each warp stores
+        rows of 512 contiguous bytes, 16 per lane (32 LDS.128 + 32 STG.128 per thread instead of 256 four-byte
+        stores: the prefill's epilogue took 9-11 k cycles of a CTA that way, NOTES run 23)."""
+        width = self.dtype.width // 8
+        o16 = cute.make_rmem_tensor(acc_o.layout, self.dtype)
+        o16_mn = acc_rows(o16)
+        o_mn = acc_rows(acc_o)
+        for h in cutlass.range_constexpr(2):
+            o16_mn[h, None].store((o_mn[h, None].load() * factor[h]).to(self.dtype))
+        # [64 rows, 256 columns] over boxes role, role + 2, role + 4, role + 6 of Q (128-byte swizzle kept)
+        stage = cute.make_tensor(sQ.iterator + role * BLOCK_M * BOX,
+                                 cute.make_layout(((8, 8), (BOX, HALF_BOXES)),
+                                                  stride=((BOX, 8 * BOX), (1, 2 * BLOCK_M * BOX))))
+        atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(False, 4), self.dtype)
+        copy = cute.make_tiled_copy_C(atom, pv_tiled_mma(self.dtype, True))
+        thr = copy.get_slice(t)
+        cute.copy(copy, thr.retile(o16), thr.partition_D(stage))
+        _sync(BAR_WG + role, 128)
+        warp = t // 32
+        for k in cutlass.range_constexpr(BLOCK_M // 4):
+            row = 4 * k + warp
+            row_g = m_block * BLOCK_M + row
+            if row_g < n_rows:
+                frag = cute.make_rmem_tensor((8,), self.dtype)
+                cute.autovec_copy(cute.local_tile(stage[row, None], (8,), (lane,)), frag)
+                addr = self.out_row(mO, b, row_g, kv_head, heads_per_kv) + (role * HALF + lane * 8) * width
+                cute.autovec_copy(frag, _vector(self.dtype, addr, 8))
+        _sync(BAR_WG + role, 128)  # every read of the stage done before this warpgroup reloads its Q boxes
+
+    @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
                  has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
-                 begin_split):
+                 begin_split, t, sQ):
         """l = l of warpgroup 0 + l of warpgroup 1; a request wholly in this part writes out / lse, a cut one
         its partial."""
         self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
@@ -729,6 +769,7 @@ class MlaDecodeSm90:
         split_row = split_begin
         if b == begin_req:
             split_row = split_begin + begin_split
+        factor = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             row = r0 + 8 * h
             row_g = m_block * BLOCK_M + row
@@ -739,12 +780,11 @@ class MlaDecodeSm90:
             if seen:
                 inv = 1.0 / l
                 lse2 = m_i[h] + cute.math.log2(l, fastmath=True)
+            factor[h] = inv
             if row_g < n_rows and has_work:
                 q_pos = row_g // heads_per_kv
                 head = kv_head * heads_per_kv + row_g % heads_per_kv
                 if num_splits == 1:
-                    store_half_row(o_mn, h, inv, mO[b, q_pos, head, None].iterator.toint()
-                                   + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
                     if const_expr(role == 0):
                         if lane % 4 == 0:
                             lse = Float32.inf
@@ -757,7 +797,8 @@ class MlaDecodeSm90:
                     if const_expr(role == 0):
                         if lane % 4 == 0:
                             mLp[split_row, kv_head, row_g] = lse2
-
+        if num_splits == 1 and has_work:
+            self.store_out(role, t, lane, acc_o, factor, sQ, mO, b, m_block, kv_head, n_rows, heads_per_kv)
 
 def placeholder_args(dtype_name: str) -> tuple:
     """__call__'s arguments for cute.compile: pointers with the alignment calls guarantee (16 bytes), placeholder

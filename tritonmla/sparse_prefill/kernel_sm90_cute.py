@@ -26,11 +26,10 @@ from cutlass import Float32, Int32, Int64, const_expr
 from cutlass.cute.nvgpu import cpasync
 
 from ..core.constants import D_QK, D_V
-from ..core.cute_index_mask import IndexMask, acc_rows
+from ..core.cute_index_mask import IndexMask
 from ..dense_decode import kernel_sm90_cute as dense
-from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF, HALF_BOXES, QK_BOXES, THREADS,
-                                             V_BOXES, _vector, pv_tiled_mma, qk_tiled_mma, shared_storage,
-                                             smem_layouts, store_half_row)
+from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, THREADS, V_BOXES,
+                                             _vector, pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
@@ -184,31 +183,34 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
         return cute.arch.block_idx()[2], cute.arch.block_idx()[1]
 
     @cute.jit
+    def out_row(self, mO, b, row_g, kv_head, heads_per_kv):
+        """Output row row_g (a head of the KV head's group) of query token b."""
+        return mO[b, 0, kv_head * heads_per_kv + row_g, None].iterator.toint()
+
+    @cute.jit
     def epilogue(self, role: cutlass.Constexpr, lane, r0, c0, b, m_block, kv_head, n_rows, heads_per_kv,
                  has_work, mNumSplits, mO, mLse, mOp, mLp, acc_o, m_i, l_i, sRows, hand, phase, begin_req,
-                 begin_split):
+                 begin_split, t, sQ):
         """l of both warpgroups; out = O / l (times the sink's factor), lse and max_logits (natural log)."""
         mSink, mMax = self.t_sink, self.t_max
         self.share_row_sums(role, lane, r0, l_i, sRows, hand, phase)
         self.mark(2, 4 + role, 4 + role)
-        o_mn = acc_rows(acc_o)
+        factor = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             row = r0 + 8 * h
             row_g = m_block * BLOCK_M + row
             l = l_i[h] + sRows[row, 3 - role]
             seen = l > 0.0
             head = kv_head * heads_per_kv + row_g
-            factor = Float32(0.0)
+            f = Float32(0.0)
             lse2 = Float32.inf
             if seen:
                 lse2 = m_i[h] + cute.math.log2(l, fastmath=True)
-                factor = 1.0 / l
+                f = 1.0 / l
             if row_g < n_rows:
                 if const_expr(self.has_sink):
                     if seen:
-                        factor = factor / (1.0 + cute.math.exp2(mSink[head] * LOG2E - lse2, fastmath=True))
-                store_half_row(o_mn, h, factor, mO[b, 0, head, None].iterator.toint()
-                               + (role * HALF + c0) * (self.dtype.width // 8), self.dtype)
+                        f = f / (1.0 + cute.math.exp2(mSink[head] * LOG2E - lse2, fastmath=True))
                 if const_expr(role == 0):
                     if lane % 4 == 0:
                         mLse[b, head, 0] = lse2 * LN2
@@ -216,6 +218,8 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
                         if seen:
                             m = m_i[h] * LN2
                         mMax[b, head] = m
+            factor[h] = f
+        self.store_out(role, t, lane, acc_o, factor, sQ, mO, b, m_block, kv_head, n_rows, heads_per_kv)
 
 
 def placeholder_args() -> tuple:
