@@ -1,10 +1,12 @@
 """A/B of CuTe kernel versions on the device, in one process and on the same inputs: the Gluon kernel, the shipped
-CuTe kernel and, with --base MODULE, another version of kernel_sm90_cute (e.g. the previous commit's, put beside it as
-tritonmla/dense_decode/_ab_base.py: `git show REV:tritonmla/dense_decode/kernel_sm90_cute.py > ...`). CUDA-graph
-medians and TFLOPS, two alternating passes (drift shows as disagreement between them).
+CuTe kernel and, with --base MODULE, another version of the dense kernel module: the tree's kernel with the change
+switched off, e.g. tritonmla/dense_decode/_ab_x.py holding `class MlaDecodeSm90(kernel_sm90_cute.MlaDecodeSm90)` with
+a class attribute flipped, and the module's TMA_CACHE_POLICY and placeholder_args (a copy of an older commit's file
+lacks what other kernels need of the tree: NOTES run 23). CUDA-graph medians and TFLOPS, two alternating passes
+(drift shows as disagreement between them).
 --rows seedmem: the seed table's memory-bound rows (h_q * s_q < 128, non-varlen) instead, for small before/after
 checks (issue 24's page-id clamp). --reps: passes (default 2).
-Usage: python3 scripts/cute_ab.py [--base tritonmla.dense_decode._ab_base ...] [--rows ab|seedmem] [sk ...]"""
+Usage: python3 scripts/cute_ab.py [--base tritonmla.dense_decode._ab_x ...] [--rows ab|seedmem] [sk ...]"""
 import argparse
 import importlib
 import math

@@ -17,6 +17,7 @@ import torch
 
 from tritonmla.bench.timing import cuda_times
 from tritonmla.bench.workload import make_decode_inputs
+from tritonmla.core.cute_seesaw import TIMELINE_CTAS, TIMELINE_SLOTS
 from tritonmla.dense_decode import kernel_sm90_cute as K
 from tritonmla.dense_decode.bind_cute import BoundCute, dsl_args
 from tritonmla.dense_decode.plan import num_parts_for
@@ -102,8 +103,8 @@ def run_prefill(argv):
     print(f"prefill s_q {s_q} s_kv {s_kv} topk {topk} h_q {heads_q} d_qk {d_qk}: kernel {shipped_ms * 1e3:.1f} us "
           f"(timeline variant {timeline_ms * 1e3:.1f} us); cycles, median (mean) over CTAs 0-3")
     rows = {name: [] for name in PREFILL_SPANS}
-    for cta in range(K.TIMELINE_CTAS):
-        ev = {(r, i): int(data[cta, r, i, 1]) for r in range(3) for i in range(K.TIMELINE_SLOTS) if data[cta, r, i, 1]}
+    for cta in range(TIMELINE_CTAS):
+        ev = {(r, i): int(data[cta, r, i, 1]) for r in range(3) for i in range(TIMELINE_SLOTS) if data[cta, r, i, 1]}
         last = max((i for (r, i) in ev if r == 0), default=None)
         if (2, 0) not in ev or (2, 1) not in ev or (0, 1) not in ev:
             continue
@@ -120,16 +121,16 @@ def run_prefill(argv):
 
 
 def new_buffer():
-    return torch.zeros(K.TIMELINE_CTAS, 3, K.TIMELINE_SLOTS, 2, dtype=torch.int64, device="cuda")
+    return torch.zeros(TIMELINE_CTAS, 3, TIMELINE_SLOTS, 2, dtype=torch.int64, device="cuda")
 
 
 def summarize(data, producer_releases: bool):
     segments = {role: [[] for _ in names] for role, names in SEGMENTS.items()}
     pair_cycles, producer = [], [[] for _ in PRODUCER]
-    for cta in range(K.TIMELINE_CTAS):
+    for cta in range(TIMELINE_CTAS):
         clocks = {}
         for r in range(3):
-            for i in range(K.TIMELINE_SLOTS):
+            for i in range(TIMELINE_SLOTS):
                 event, clock = int(data[cta, r, i, 0]), int(data[cta, r, i, 1])
                 if clock:
                     clocks[(r, i // 8, event)] = clock

@@ -88,15 +88,15 @@ def test_key_holds_the_variant_and_sources(cache, monkeypatch):
 
 
 def test_disk_keys_cover_every_file_a_kernel_is_traced_through():
-    """An edit to any tritonmla file a CuTe kernel imports (a helper module, the dense kernel a subclass builds on)
-    must change its disk-cache key; the runtime module that only compiles it need not."""
-    from tritonmla.core import constants, cute_index_mask
+    """An edit to any tritonmla file a CuTe kernel imports (a helper module, the seesaw base class its kernel
+    builds on) must change its disk-cache key; the runtime module that only compiles it need not."""
+    from tritonmla.core import constants, cute_index_mask, cute_seesaw
     from tritonmla.sparse_prefill import kernel_sm90_cute as prefill
 
     files = {Path(f).name for f in cr.kernel_sources(bc.kernel_sm90_cute)}
-    assert files == {"kernel_sm90_cute.py", "constants.py", "cute_index_mask.py"}, files
+    assert files == {"kernel_sm90_cute.py", "cute_seesaw.py", "constants.py", "cute_index_mask.py"}, files
     prefill_files = set(cr.kernel_sources(prefill))
-    assert {prefill.__file__, bc.kernel_sm90_cute.__file__, cute_index_mask.__file__, constants.__file__} \
+    assert {prefill.__file__, cute_seesaw.__file__, cute_index_mask.__file__, constants.__file__} \
         <= prefill_files and cr.__file__ not in prefill_files, prefill_files
 
 

@@ -1,6 +1,6 @@
 """Shared pieces of the CuTe DSL attention kernels: the accumulator's row view (acc_rows) and the score mask of the
 kernels whose keys are rows named by an index list (the sparse prefill kernel; a sparse decode one can mix it in):
-a mixin over the dense decode kernel's hooks (dense_decode/kernel_sm90_cute.py: score_inputs, masked_scores).
+a mixin over the seesaw consumers' hooks (core/cute_seesaw.py: score_inputs, masked_scores).
 
 Slot `col` of a tile is valid when col < hi (the part's end: the list's length) and its index names a row,
 0 <= index < self.t_rows; an invalid slot's score is -inf (its gathered row is zeros, so P V adds nothing). A kernel

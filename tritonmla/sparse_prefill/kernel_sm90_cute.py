@@ -1,6 +1,6 @@
-"""Hopper (SM90) sparse prefill kernel in CuTe DSL: FlashMLA's flash_mla_sparse_fwd, the dense decode kernel's seesaw
-schedule (dense_decode/kernel_sm90_cute.py: its consumers, hand-offs and pair functions are reused as they are) over
-KV rows gathered by index instead of TMA-loaded pages.
+"""Hopper (SM90) sparse prefill kernel in CuTe DSL: FlashMLA's flash_mla_sparse_fwd, the seesaw schedule
+(core/cute_seesaw.py: its consumers, hand-offs and pair functions are reused as they are) over KV rows gathered by
+index instead of the dense decode kernel's TMA-loaded pages.
 
 Math, per query token s and head h (V = the first 512 columns of the gathered rows; log2 domain as in decoding):
     valid j: j < topk_length[s] and 0 <= indices[s, h_kv, j] < s_kv;  s_j = scale*log2e * q.kv[indices[s, h_kv, j]]
@@ -14,7 +14,7 @@ One CTA per (64 heads of a KV head, KV head, query token): the consumers see one
 are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
 threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
 rows with cp.async (invalid slots read a zero row, so no NaN of an unreferenced row reaches a tile), arriving on the
-box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the dense kernel's
+box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the consumers'
 release order. Invalid slots get -inf scores (core.cute_index_mask); their zero rows add nothing to P V.
 Registers: consumers 216, producer warpgroup 72 (FlashMLA's split: 256 x 216 + 128 x 72 <= 64 K).
 """
@@ -27,25 +27,24 @@ from cutlass.cute.nvgpu import cpasync
 
 from ..core.constants import D_QK, D_V
 from ..core.cute_index_mask import IndexMask
-from ..dense_decode import kernel_sm90_cute as dense
-from ..dense_decode.kernel_sm90_cute import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, THREADS, V_BOXES,
-                                             _vector, pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts)
+from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, THREADS, V_BOXES, SeesawSm90, _vector,
+                                pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
 
-class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
+class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
 
     def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, timeline: int = 0):
-        """timeline: as the dense kernel's (scripts/cute_timeline.py prefill); the producer's row records instead of
+        """timeline: as SeesawSm90's (scripts/cute_timeline.py prefill); the producer's row records instead of
         releases: the CTA's start (0), warpgroup 0's end (1), Q stored by warpgroup 0 / 1 (2, 3), the row sums
         shared (4, 5), the producer's first indices read (6) and its first group of boxes issued (7)."""
         assert d_qk in (D_QK, D_V)
-        super().__init__(cutlass.BFloat16, BLOCK_N, timeline=timeline)
+        super().__init__(cutlass.BFloat16, timeline=timeline)
         self.has_len = has_topk_length
         self.has_sink = has_sink
         self.d_qk = d_qk
@@ -175,7 +174,7 @@ class MlaSparsePrefillSm90(IndexMask, dense.MlaDecodeSm90):
     # ---------------------------------------------------------------- consumer hooks
     @cute.jit
     def load_q(self, role: cutlass.Constexpr, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv):
-        dense.MlaDecodeSm90.load_q(self, role, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv)
+        SeesawSm90.load_q(self, role, t, mQ, sQ, b, m_block, kv_head, n_rows, heads_per_kv)
         self.mark(2, 2 + role, 2 + role)
 
     def index_coords(self):
