@@ -35,7 +35,14 @@ else:
               [(128, 2, 8192, 16, 1, False, True), (128, 1, 8192, 64, 1, False, True), (4, 1, 4096, 128, 1, False, True)]
 modules = {"cute": bind_cute.kernel_sm90_cute}
 for name in args.base:
-    modules[name.rsplit(".", 1)[-1].lstrip("_")] = importlib.import_module(name)
+    module = importlib.import_module(name)
+    # What the binding reads of a kernel module (bind_cute: the class, its L2 policy, the compile arguments): checked
+    # here, before any GPU time, since a base lacking one fails only at its first compile (run 24 lost a call so).
+    missing = [a for a in ("MlaDecodeSm90", "TMA_CACHE_POLICY", "placeholder_args") if not hasattr(module, a)]
+    if missing:
+        raise SystemExit(f"{name} lacks {', '.join(missing)} (a base is the tree's kernel module with a switch "
+                         f"flipped: subclass kernel_sm90_cute.MlaDecodeSm90 and re-export the rest)")
+    modules[name.rsplit(".", 1)[-1].lstrip("_")] = module
 variants = ([] if args.no_hopper else ["hopper"]) + list(modules)
 rows = {}
 for rep in range(args.reps):
