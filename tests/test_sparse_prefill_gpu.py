@@ -145,7 +145,7 @@ def test_torch_compile(d_qk):
 
 
 def _cute_or_skip():
-    from tritonmla.dense_decode.dispatch import cute_device
+    from tritonmla.core.hopper import cute_device
     why = cute_device(torch.device("cuda"))
     if why is not None:
         pytest.skip(why)

@@ -46,6 +46,13 @@ def sm90_device(device: torch.device, kernel_name: str = "the Hopper kernel") ->
     return None
 
 
+def cute_device(device: torch.device) -> Optional[str]:
+    """None if `device` can run the CuTe DSL Hopper kernels (SM90, CuTe DSL importable), else why not. The device
+    first: importing CuTe DSL takes seconds, which "auto" should not spend on a CPU or another GPU."""
+    from .cute_runtime import cute_error  # lazy: CuTe DSL is optional
+    return sm90_device(device, "the CuTe kernel") or cute_error()
+
+
 def hopper_device(device: torch.device) -> Optional[str]:
     """None if `device` can run the Gluon Hopper kernels at all, else why not."""
     if GLUON_ERROR is not None:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..core.constants import D_QK
-from ..core.hopper import GLUON_ERROR, hopper_device, requested_kernel, sm90_device
+from ..core.hopper import GLUON_ERROR, cute_device, hopper_device, requested_kernel
 
 HOPPER_BLOCK_M = 64  # query rows per program of the Hopper kernel (kernel_sm90.BLOCK_M)
 
@@ -53,17 +53,6 @@ def hopper_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
 def cute_unsupported(q: torch.Tensor, k_cache: torch.Tensor) -> Optional[str]:
     """None if these inputs can take the CuTe DSL kernel, else the reason."""
     return cute_device(q.device) or tma_cache_unsupported(k_cache, "the CuTe kernel")
-
-
-def cute_error() -> Optional[str]:
-    from ..core.cute_runtime import cute_error as error  # lazy: CuTe DSL is optional
-    return error()
-
-
-def cute_device(device: torch.device) -> Optional[str]:
-    """None if `device` can run the CuTe DSL kernel (SM90, CuTe DSL importable), else why not. The device first:
-    importing CuTe DSL takes seconds, which "auto" should not spend on a CPU or another GPU."""
-    return sm90_device(device, "the CuTe kernel") or cute_error()
 
 
 def plans_for_hopper(device: torch.device, kernel: Optional[str] = None) -> bool:

@@ -13,6 +13,7 @@ import torch
 
 from ..core.config_cache import kernel_env, remember
 from ..core.constants import D_V
+from ..core.hopper import cute_device
 from ..core.launch import current_stream
 from ..core.runtime import uses_triton
 from ..reference.sparse_prefill import sparse_prefill_reference
@@ -58,7 +59,6 @@ class SparsePrefillCall:
         self.cute_max_tokens = 0
         choice = kernel_env()
         if not self.reference and choice != "portable":
-            from ..dense_decode.dispatch import cute_device
             if cute_device(q.device) is None:  # (checked before importing CuTe DSL: off SM90 it is never imported)
                 from .bind_cute import MAX_TOKENS, BoundPrefillCute, cute_unsupported
                 if cute_unsupported(q, kv, indices) is None:
