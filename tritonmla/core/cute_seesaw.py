@@ -430,14 +430,10 @@ class SeesawSm90:
         m_a = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m_a[h] = self.row_max(s_mn, h, m_i)
-        if lane % 4 == 0:
-            sRows[r0, 0] = m_a[0]
-            sRows[r0 + 8, 0] = m_a[1]
+        self.put_rows(sRows, 0, m_a, lane, r0)
         cute.arch.mbarrier_arrive(hand + H_M_A)
         self.mark(0, mark_at + 2, 2)
-        factor = cute.make_rmem_tensor((2,), Float32)
-        for h in cutlass.range_constexpr(2):
-            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_a[h]), fastmath=True)
+        factor = self.rescale_factors(m_i, m_a)
         sums = self.exp_rows(s_mn, m_a)
         self.rescale(acc_o, l_i, factor, sums)
         p_frag, p = self.to_operand(acc_s)
@@ -451,7 +447,7 @@ class SeesawSm90:
         m_b = cute.make_rmem_tensor((2,), Float32)
         for h in cutlass.range_constexpr(2):
             m_b[h] = sRows[r0 + 8 * h, 1]
-            factor[h] = cute.math.exp2(m_a[h] - self.safe_max(m_b[h]), fastmath=True)
+        factor = self.rescale_factors(m_a, m_b)
         if self.unchanged(factor):  # m_B = m_A on all the warp's rows: P_A as converted for P_A V_A,L
             self.store_p(p, qk_mma, t, sK, 0)
         else:
@@ -503,14 +499,10 @@ class SeesawSm90:
         if has_b:
             self.store_p(p, qk_mma, t, sK, 1)
             cute.arch.fence_proxy("async.shared", space="cta")
-        if lane % 4 == 0:
-            sRows[r0, 1] = m_b[0]
-            sRows[r0 + 8, 1] = m_b[1]
+        self.put_rows(sRows, 1, m_b, lane, r0)
         cute.arch.mbarrier_arrive(hand + H_M_B)
         self.mark(1, mark_at + 3, 3)
-        factor = cute.make_rmem_tensor((2,), Float32)
-        for h in cutlass.range_constexpr(2):
-            factor[h] = cute.math.exp2(m_i[h] - self.safe_max(m_b[h]), fastmath=True)
+        factor = self.rescale_factors(m_i, m_b)
         self.rescale(acc_o, l_i, factor, sums)
         if has_b:  # O_R += P_B V_B,R (without tile B, P_B is 0: nothing to add)
             warpgroup.fence()
@@ -544,6 +536,21 @@ class SeesawSm90:
                 entry[1] = cute.arch.clock64()
 
     @cute.jit
+    def put_rows(self, sRows, col: cutlass.Constexpr, vals, lane, r0):
+        """This quad's values of rows r0 and r0 + 8 (one per row: the quad has reduced them) into sRows[:, col]."""
+        if lane % 4 == 0:
+            sRows[r0, col] = vals[0]
+            sRows[r0 + 8, col] = vals[1]
+
+    @cute.jit
+    def rescale_factors(self, m_old, m_new):
+        """2^(m_old - m_new) per row: what O and l carried at m_old are worth at the new running max."""
+        factor = cute.make_rmem_tensor((2,), Float32)
+        for h in cutlass.range_constexpr(2):
+            factor[h] = cute.math.exp2(m_old[h] - self.safe_max(m_new[h]), fastmath=True)
+        return factor
+
+    @cute.jit
     def safe_max(self, m):
         """The max to subtract: a row with nothing visible yet (m = -inf) uses 0, so 2^(-inf - 0) = 0."""
         r = m
@@ -558,9 +565,7 @@ class SeesawSm90:
         for h in cutlass.range_constexpr(2):
             l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=1)
             l_i[h] += cute.arch.shuffle_sync_bfly(l_i[h], offset=2)
-        if lane % 4 == 0:
-            sRows[r0, 2 + role] = l_i[0]
-            sRows[r0 + 8, 2 + role] = l_i[1]
+        self.put_rows(sRows, 2 + role, l_i, lane, r0)
         cute.arch.mbarrier_arrive(hand + H_L)
         cute.arch.mbarrier_wait(hand + H_L, phase)
 
