@@ -341,18 +341,12 @@ def test_device_eager_path():
     assert stats["compiled"] == 0 and stats["loaded"] >= 1, stats
 
 
-def test_prefill_zero_row_made_during_a_capture_is_cleared_by_the_first_eager_launch(monkeypatch):
-    """The CuTe prefill kernel gathers a zero row for invalid indices. Made during a CUDA-graph capture, its memset
-    runs only on replay: the first launch outside a capture clears it (simulated here on the CPU: the row holds NaN
-    as an unrun memset would leave it)."""
+def test_prefill_grid_takes_every_token_count_flashmla_does():
+    """The CuTe prefill launch folds (token, row block) into the grid's x: up to 2^31 - 1 CTAs, so FlashMLA's
+    70000-token case (and any s_q whose q fits in memory) runs there; y and z would stop at 65535 tokens."""
     from tritonmla.sparse_prefill import bind_cute
-    device = torch.device("cpu")
-    monkeypatch.setattr(bind_cute, "_ZEROS", {})
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    row = bind_cute._zero_row(device)
-    row.fill_(float("nan"))
-    assert bind_cute._zero_row(device) is row and torch.isnan(row).all()  # still capturing: left to the graph
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    assert bind_cute._zero_row(device) is row and not row.any()
-    row.fill_(1.0)  # once known zero eagerly it is not cleared per call
-    assert bind_cute._zero_row(device).eq(1.0).all()
+    assert bind_cute.max_tokens(128, 1) == (2**31 - 1) // 2
+    assert bind_cute.max_tokens(64, 1) == 2**31 - 1
+    assert bind_cute.max_tokens(130, 1) == (2**31 - 1) // 3
+    assert bind_cute.max_tokens(256, 2) == (2**31 - 1) // 2
+    assert bind_cute.max_tokens(16, 1) > 70000 * 256

@@ -99,7 +99,8 @@ def test_outputs_from_a_poisoned_allocator_are_all_written():
 
 
 def test_large_s_q_runs_and_spot_checks():
-    """FlashMLA's 70000 x 256 x 256 case: more query tokens than a grid's y dimension holds."""
+    """FlashMLA's 70000 x 256 x 256 case: more query tokens than a grid's y or z dimension holds (the CuTe kernel
+    folds tokens into x)."""
     x = make_prefill_inputs(70000, 256, 256, 128, 576, sink=True, have_topk_length=True, nan_unused=False, seed=7)
     out, max_logits, lse = tritonmla.flash_mla_sparse_fwd(*x.args(), **x.kwargs())
     for rows in (slice(0, 64), slice(69936, 70000)):

@@ -120,6 +120,22 @@ def store_half_row(o_mn, h: cutlass.Constexpr, factor, addr, dtype):
         cute.autovec_copy(pair, _vector(dtype, addr + 8 * g * (dtype.width // 8), 2))
 
 
+def swizzled(row, chunk):
+    """Byte offset of 16-byte chunk `chunk` of row `row` in a 64 x 64 box of 16-bit elements (128-byte rows, the
+    128-byte swizzle). Add it to a box's shared address taken from the unswizzled base (sK.iterator.toint() plus whole
+    slots and boxes): toint() of a slice *inside* a swizzled tensor gives the logical address (NOTES run 22)."""
+    return row * (BOX * 2) + ((chunk ^ (row % 8)) * 16)
+
+
+@cute.jit
+def copy16_async(dst, src, valid):
+    """cp.async of 16 bytes from global src to shared address dst, bypassing L1; zeros and no read where valid is 0
+    (src-size 0: src must still be a mapped address). Lands for cp.async.mbarrier.arrive / wait_all."""
+    cute.arch.inline_ptx(
+        "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
+        "cp.async.cg.shared.global [{$r0}], [{$r1}], 16, n; }", read_only_args=[dst, src, valid])
+
+
 def smem_layouts(dtype):
     """(swizzle, K slots, Q, V view) for a kernel's trace: the boxes' 128-byte swizzle lives in the pointer."""
     swz = warpgroup.make_smem_layout_atom(warpgroup.SmemLayoutAtomKind.K_SW128, dtype).inner
@@ -155,6 +171,10 @@ class SeesawSm90:
     def __init__(self, dtype, timeline: int = 0):
         self.dtype = dtype
         self.timeline = timeline
+
+    def cta_coords(self):
+        """(row block, KV head, plan part) of this CTA: the grid's (x, y, z) (a subclass may fold more into x)."""
+        return cute.arch.block_idx()
 
     @cute.jit
     def shared(self, Storage: cutlass.Constexpr, swz, k_outer, q_outer, v_outer):
@@ -194,8 +214,7 @@ class SeesawSm90:
         tidx, _, _ = cute.arch.thread_idx()
         t = tidx % 128
         lane = t % 32
-        m_block = cute.arch.block_idx()[0]
-        kv_head = cute.arch.block_idx()[1]
+        m_block, kv_head, _ = self.cta_coords()
         n_rows = seq_q * heads_per_kv
         # This thread's accumulator rows: r0 and r0 + 8 (shared with the other 3 threads of its quad); its
         # columns: 8 g + 2 (lane % 4) + v.
@@ -528,7 +547,7 @@ class SeesawSm90:
         entry `index` of its row of the buffer at self.timeline. No code in the shipped variant."""
         if const_expr(self.timeline != 0):
             tidx, _, _ = cute.arch.thread_idx()
-            m_block, kv_head, part = cute.arch.block_idx()
+            m_block, kv_head, part = self.cta_coords()
             if tidx % 128 == 0 and m_block == 0 and kv_head == 0 and part < TIMELINE_CTAS and index < TIMELINE_SLOTS:
                 addr = Int64(self.timeline) + ((Int64(part) * 3 + role) * TIMELINE_SLOTS + index) * 16
                 entry = _vector(Int64, addr, 2)

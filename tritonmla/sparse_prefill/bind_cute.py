@@ -12,21 +12,12 @@ from ..core.constants import D_QK, D_V
 from ..core.cute_runtime import compile_cached, kernel_sources
 from . import kernel_sm90_cute
 
-MAX_TOKENS = 65535  # the launch puts query tokens on the grid's z (at most 65535); longer calls go to portable
-_ZEROS: dict = {}  # device -> [a zero kv row (what the producer reads for an invalid index), known zero eagerly]
+MAX_GRID_X = 2**31 - 1  # the launch puts (query token, row block) on the grid's x
 
 
-def _zero_row(device: torch.device) -> torch.Tensor:
-    """The device's zero kv row. torch.zeros is a memset on the current stream: made during a CUDA-graph capture it
-    runs only when the graph replays, so the first launch outside a capture clears the row once more."""
-    entry = _ZEROS.get(device)
-    capturing = torch.cuda.is_current_stream_capturing()
-    if entry is None:
-        entry = _ZEROS[device] = [torch.zeros(D_QK, dtype=torch.bfloat16, device=device), not capturing]
-    elif not entry[1] and not capturing:
-        entry[0].zero_()
-        entry[1] = True
-    return entry[0]
+def max_tokens(heads_q: int, heads_kv: int) -> int:
+    """The most query tokens one launch takes: ceil(h_q / h_kv / 64) row blocks per token on the grid's x."""
+    return MAX_GRID_X // -(-(heads_q // heads_kv) // 64)
 
 
 def cute_unsupported(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor) -> Optional[str]:
@@ -67,7 +58,6 @@ class BoundPrefillCute:
         import cutlass.cute as cute
         from cutlass.cute.runtime import make_ptr
 
-        zero = _zero_row(q.device)
         bf16, f32, i32, i64 = cutlass.BFloat16, cutlass.Float32, cutlass.Int32, cutlass.Int64
 
         def ptr(t, tensor):
@@ -78,7 +68,7 @@ class BoundPrefillCute:
         s_q, heads_q, _ = q.shape
         s_kv, heads_kv, _ = kv.shape
         return (ptr(bf16, q), ptr(bf16, kv), ptr(i32, indices), ptr(i32, length), ptr(f32, sink),
-                ptr(bf16, zero), ptr(bf16, out), ptr(f32, max_logits), ptr(f32, lse),
+                ptr(bf16, out), ptr(f32, max_logits), ptr(f32, lse),
                 f32(self.scale_log2), i32(s_q), i32(heads_q), i32(heads_kv), i32(s_kv), i32(indices.shape[-1]),
                 i64(q.stride(0) // 8), i64(q.stride(1) // 8), i64(kv.stride(0) // 8), i64(kv.stride(1) // 8),
                 i64(indices.stride(0)), i64(indices.stride(1)), cuda.CUstream(stream))

@@ -60,11 +60,11 @@ class SparsePrefillCall:
         choice = kernel_env()
         if not self.reference and choice != "portable":
             if cute_device(q.device) is None:  # (checked before importing CuTe DSL: off SM90 it is never imported)
-                from .bind_cute import MAX_TOKENS, BoundPrefillCute, cute_unsupported
+                from .bind_cute import BoundPrefillCute, cute_unsupported, max_tokens
                 if cute_unsupported(q, kv, indices) is None:
                     try:
                         self.cute = BoundPrefillCute(self.has_len, self.has_sink, q.shape[-1], softmax_scale)
-                        self.cute_max_tokens = MAX_TOKENS
+                        self.cute_max_tokens = max_tokens(self.heads_q, kv.shape[1])
                     except Exception as error:  # noqa: BLE001  (a DSL or toolchain failure: portable serves)
                         if choice == "cute":
                             raise

@@ -10,12 +10,14 @@ Math, per query token s and head h (V = the first 512 columns of the gathered ro
 d_qk 576 (V3.2) or 512 (MODEL1, a compile-time parameter): at 512 S reads the 8 V boxes only (QK_USED) and the
 producer gathers no RoPE box; the P exchange still goes through that box's shared memory, which nothing else uses.
 
-One CTA per (64 heads of a KV head, KV head, query token): the consumers see one "request" (the token) whose keys
-are its topk slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
+One CTA per (64 heads of a KV head, KV head, query token), the token and the row block folded into the grid's x
+(up to 2^31 - 1 CTAs: any s_q FlashMLA takes): the consumers see one "request" (the token) whose keys are its topk
+slots, 64 per tile, no split. The producer is a whole warpgroup (FlashMLA's prefill, phase1.cuh): 8
 threads per 128-byte row segment, 16 row groups of 4 rows, each thread gathering its 16 bytes of every box of its
-rows with cp.async (invalid slots read a zero row, so no NaN of an unreferenced row reaches a tile), arriving on the
-box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes land, in the consumers'
-release order. Invalid slots get -inf scores (core.cute_index_mask); their zero rows add nothing to P V.
+rows with cp.async (an invalid slot's copy reads nothing and fills zeros, so no NaN of an unreferenced row reaches a
+tile), arriving on the box's ready barrier with cp.async.mbarrier.arrive.noinc (count 128) so S starts as boxes
+land, in the consumers' release order. Invalid slots get -inf scores (core.cute_index_mask); their zero rows add
+nothing to P V.
 Registers: consumers 216, producer warpgroup 72 (FlashMLA's split: 256 x 216 + 128 x 72 <= 64 K).
 """
 from __future__ import annotations
@@ -23,12 +25,12 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, Int64, const_expr
-from cutlass.cute.nvgpu import cpasync
 
 from ..core.constants import D_QK, D_V
 from ..core.cute_index_mask import IndexMask
-from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, THREADS, V_BOXES, SeesawSm90, _vector,
-                                pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts)
+from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, SLOT_ELEMS, THREADS, V_BOXES, SeesawSm90,
+                                copy16_async, pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts,
+                                swizzled)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
@@ -53,13 +55,14 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
     # ---------------------------------------------------------------- host side
     @cute.jit
     def __call__(self, q_ptr: cute.Pointer, kv_ptr: cute.Pointer, idx_ptr: cute.Pointer, len_ptr: cute.Pointer,
-                 sink_ptr: cute.Pointer, zero_ptr: cute.Pointer, o_ptr: cute.Pointer, max_ptr: cute.Pointer,
+                 sink_ptr: cute.Pointer, o_ptr: cute.Pointer, max_ptr: cute.Pointer,
                  lse_ptr: cute.Pointer, scale_log2: Float32, s_q: Int32, heads_q: Int32, heads_kv: Int32,
                  s_kv: Int32, topk: Int32, sq_s8: Int64, sq_h8: Int64, skv_s8: Int64, skv_h8: Int64, sidx_s: Int64,
                  sidx_h: Int64, stream):
         """q [s_q, h_q, d_qk] and kv [s_kv, h_kv, d_qk] with row strides in units of 8 elements (16-byte rows), indices
-        [s_q, h_kv, topk] (last stride 1), topk_length [s_q], sink [h_q] fp32, zero: 576 zero elements; out
-        [s_q, h_q, 512], max_logits and lse [s_q, h_q], contiguous."""
+        [s_q, h_kv, topk] (last stride 1), topk_length [s_q], sink [h_q] fp32; out [s_q, h_q, 512], max_logits and
+        lse [s_q, h_q], contiguous. The grid puts (token, row block) on x (up to 2^31 - 1 CTAs; y and z stop at
+        65535), KV heads on y."""
         heads_per_kv = heads_q // heads_kv
         # The decode consumers' view: a batch of s_q requests of one query position each.
         mQ = cute.make_tensor(q_ptr, cute.make_layout((s_q, 1, heads_q, self.d_qk),
@@ -78,23 +81,25 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
         pv_mma_ss = pv_tiled_mma(dtype, False)
         Storage = shared_storage(dtype)
         m_blocks = (heads_per_kv + BLOCK_M - 1) // BLOCK_M
-        self.kernel(mQ, kv_ptr, zero_ptr, mIdx, mLen, mSink, mO, mMax, mLse, scale_log2, heads_per_kv, s_kv, topk,
+        self.kernel(mQ, kv_ptr, mIdx, mLen, mSink, mO, mMax, mLse, scale_log2, heads_per_kv, m_blocks, s_kv, topk,
                     skv_s8 * 8, skv_h8 * 8, qk_mma, pv_mma_rs, pv_mma_ss, k_outer, q_outer, v_outer, swz,
-                    Storage).launch(grid=[m_blocks, heads_kv, s_q], block=[THREADS, 1, 1],
+                    Storage).launch(grid=[s_q * m_blocks, heads_kv, 1], block=[THREADS, 1, 1],
                                     smem=Storage.size_in_bytes(), stream=stream)
 
     # ---------------------------------------------------------------- device side
     @cute.kernel
-    def kernel(self, mQ: cute.Tensor, kv_ptr: cute.Pointer, zero_ptr: cute.Pointer, mIdx: cute.Tensor,
-               mLen: cute.Tensor, mSink: cute.Tensor, mO: cute.Tensor, mMax: cute.Tensor, mLse: cute.Tensor,
-               scale_log2: Float32, heads_per_kv: Int32, s_kv: Int32, topk: Int32, skv_s: Int64, skv_h: Int64,
+    def kernel(self, mQ: cute.Tensor, kv_ptr: cute.Pointer, mIdx: cute.Tensor, mLen: cute.Tensor,
+               mSink: cute.Tensor, mO: cute.Tensor, mMax: cute.Tensor, mLse: cute.Tensor, scale_log2: Float32,
+               heads_per_kv: Int32, m_blocks: Int32, s_kv: Int32, topk: Int32, skv_s: Int64, skv_h: Int64,
                qk_mma: cute.TiledMma, pv_mma_rs: cute.TiledMma, pv_mma_ss: cute.TiledMma, k_outer: cute.Layout,
                q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = warp // 4
         ready, empty, hand, sQ, sK, sV, sRows = self.shared(Storage, swz, k_outer, q_outer, v_outer)
 
-        token = cute.arch.block_idx()[2]
+        x = cute.arch.block_idx()[0]
+        token = x // m_blocks
+        self.t_token, self.t_m_block, self.t_m_blocks = token, x - token * m_blocks, m_blocks  # (cta_coords)
         length = topk
         if const_expr(self.has_len):
             length = cutlass.min(cutlass.max(mLen[token], 0), topk)
@@ -102,7 +107,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
         self.t_idx, self.t_len, self.t_rows, self.t_sink, self.t_max = mIdx, length, s_kv, mSink, mMax
         if wg == 2:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
-            self.gather(kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
+            self.gather(kv_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
         else:
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
             # (mSeq, mNumSplits and the partials are never read: request_tiles and epilogue are overridden)
@@ -116,6 +121,10 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
             else:
                 self.consumer(1, *args)
 
+    def cta_coords(self):
+        """(row block, KV head, token): the grid's x is token * m_blocks + row block (kernel)."""
+        return self.t_m_block, cute.arch.block_idx()[1], self.t_token
+
     @cute.jit
     def request_tiles(self, mSeq, b, begin_req, begin_tile, end_req, end_tile, seqlen_cap):
         """The token's keys: its first `length` topk slots, all in this CTA."""
@@ -125,30 +134,32 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
 
     # ---------------------------------------------------------------- producer: a warpgroup gathering rows
     @cute.jit
-    def gather(self, kv_ptr, zero_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h):
+    def gather(self, kv_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h):
         tidx, _, _ = cute.arch.thread_idx()
         t = tidx % 128
         group = t // 8  # rows group + 16 k of each tile
         chunk = t % 8  # 16-byte column chunk of every 64-column box
         kv_head = cute.arch.block_idx()[1]
         elem = self.dtype.width // 8
-        atom = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), self.dtype,
-                                   num_bits_per_copy=128)
         kv_base = kv_ptr.toint() + kv_head * skv_h * elem
-        zero = zero_ptr.toint()
+        k_base = sK.iterator.toint()  # the K slots' shared address (box c of slot s at s * SLOT + c * BOX_BYTES)
         n_tiles = (length + BLOCK_N - 1) // BLOCK_N
         for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
             src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
+            ok = cute.make_rmem_tensor((2, BLOCK_N // 16), Int32)  # 1: the slot names a row (else zero-filled)
             for slot in cutlass.range_constexpr(2):
                 for k in cutlass.range_constexpr(BLOCK_N // 16):
                     col = (2 * j + slot) * BLOCK_N + group + 16 * k
                     index = Int32(-1)
                     if col < length:
                         index = mIdx[token, kv_head, col]
-                    addr = zero
+                    addr = kv_base
+                    valid = Int32(0)
                     if index >= 0 and index < s_kv:
                         addr = kv_base + Int64(index) * skv_s * elem
-                    src[slot, k] = addr
+                        valid = Int32(1)
+                    src[slot, k] = addr + chunk * 16
+                    ok[slot, k] = valid
             for g in cutlass.range_constexpr(2):
                 for slot in cutlass.range_constexpr(2):
                     if 2 * j + slot < n_tiles:
@@ -161,11 +172,10 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
                             c = (i + (slot + g) * HALF_BOXES) % V_BOXES
                             if i == HALF_BOXES:
                                 c = V_BOXES
-                            box = sK[None, (None, c), slot]
+                            box = k_base + (slot * SLOT_ELEMS + c * BLOCK_N * BOX) * elem
                             for k in cutlass.range_constexpr(BLOCK_N // 16):
-                                row = group + 16 * k
-                                cute.copy(atom, _vector(self.dtype, src[slot, k] + (c * BOX + chunk * 8) * elem, 8),
-                                          cute.local_tile(box[row, None], (8,), (chunk,)))
+                                copy16_async(box + swizzled(group + 16 * k, chunk), src[slot, k] + c * BOX * elem,
+                                             ok[slot, k])
                             cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
                         if const_expr(g + slot == 0):
                             if j == 0:
@@ -179,7 +189,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
 
     def index_coords(self):
         """The CTA's index list (IndexMask): its token's, for its KV head."""
-        return cute.arch.block_idx()[2], cute.arch.block_idx()[1]
+        return cute.arch.block_idx()[0] // self.t_m_blocks, cute.arch.block_idx()[1]
 
     @cute.jit
     def out_row(self, mO, b, row_g, kv_head, heads_per_kv):
@@ -222,8 +232,8 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
 
 
 def placeholder_args() -> tuple:
-    """__call__'s arguments for cute.compile: pointers with the alignment calls guarantee (16 bytes for q, kv, the
-    zero row and out; 4 for the rest), placeholder scalars (not baked in)."""
+    """__call__'s arguments for cute.compile: pointers with the alignment calls guarantee (16 bytes for q, kv and out;
+    4 for the rest), placeholder scalars (not baked in)."""
     import cuda.bindings.driver as cuda
     from cutlass.cute.runtime import make_ptr
 
@@ -232,7 +242,7 @@ def placeholder_args() -> tuple:
     def ptr(t):
         return make_ptr(t, 16, cute.AddressSpace.gmem, assumed_align=16 if t is bf16 else 4)
 
-    return (ptr(bf16), ptr(bf16), ptr(i32), ptr(i32), ptr(f32), ptr(bf16), ptr(bf16), ptr(f32), ptr(f32),
+    return (ptr(bf16), ptr(bf16), ptr(i32), ptr(i32), ptr(f32), ptr(bf16), ptr(f32), ptr(f32),
             f32(1.0), *(i32(1),) * 5, *(i64(1),) * 6, cuda.CUstream(0))
 
 
