@@ -7,7 +7,8 @@ beside the kernel's CUDA-graph time, shipped and timeline variants, on the same 
 Decode (one decode step, no combine): the producer's releases. Prefill: the CTA's prologue (start to its first S
 done), its pairs and its epilogue (the last pair's end to warpgroup 0's end), FlashMLA's benchmark inputs.
 Usage: python3 scripts/cute_timeline.py [b s_q sk h_q]   (default 128 2 8192 128, causal)
-       python3 scripts/cute_timeline.py prefill [s_kv topk h_q d_qk]   (default 32768 512 64 512: MODEL1-1, s_q 4096)"""
+       python3 scripts/cute_timeline.py prefill [s_kv topk h_q d_qk [first token]]   (default 32768 512 64 512 2048:
+       MODEL1-1, s_q 4096, tokens 2048-2051)"""
 import statistics
 import sys
 
@@ -82,6 +83,7 @@ def run_prefill(argv):
     from tritonmla.sparse_prefill.kernel_sm90_cute import MlaSparsePrefillSm90
     s_kv, topk, heads_q, d_qk = (int(a) for a in argv[:4]) if len(argv) >= 4 else (32768, 512, 64, 512)
     s_q = 4096
+    first = int(argv[4]) if len(argv) >= 5 else s_q // 2  # a mid-kernel wave: its CTAs start staggered, warm
     x = make_prefill_inputs(s_q, s_kv, topk, heads_q, d_qk, nan_unused=False, seed=1)
     out = torch.empty(s_q, heads_q, 512, dtype=torch.bfloat16, device="cuda")
     max_logits = torch.empty(s_q, heads_q, device="cuda")
@@ -93,7 +95,9 @@ def run_prefill(argv):
                               max_logits, lse)
 
     buf = new_buffer()
-    timeline = cute.compile(MlaSparsePrefillSm90(False, False, d_qk, timeline=buf.data_ptr()), *args())
+    kernel = MlaSparsePrefillSm90(False, False, d_qk, timeline=buf.data_ptr())
+    kernel.timeline_first = first
+    timeline = cute.compile(kernel, *args())
     _, shipped_ms = cuda_times(lambda: bound.compiled(*args()))
     _, timeline_ms = cuda_times(lambda: timeline(*args()))
     buf.zero_()
@@ -101,7 +105,7 @@ def run_prefill(argv):
     torch.cuda.synchronize()
     data = buf.cpu()
     print(f"prefill s_q {s_q} s_kv {s_kv} topk {topk} h_q {heads_q} d_qk {d_qk}: kernel {shipped_ms * 1e3:.1f} us "
-          f"(timeline variant {timeline_ms * 1e3:.1f} us); cycles, median (mean) over CTAs 0-3")
+          f"(timeline variant {timeline_ms * 1e3:.1f} us); cycles, median (mean) over tokens {first}-{first + 3}")
     rows = {name: [] for name in PREFILL_SPANS}
     for cta in range(TIMELINE_CTAS):
         ev = {(r, i): int(data[cta, r, i, 1]) for r in range(3) for i in range(TIMELINE_SLOTS) if data[cta, r, i, 1]}

@@ -46,7 +46,15 @@ fi
 if has ptimeline; then  # the prefill kernel's timeline (PT_CASES, comma-separated "s_kv topk h_q d_qk"; default MODEL1-1, V3.2)
   IFS=, read -ra cases <<< "${PT_CASES:-32768 512 64 512,65536 2048 128 576}"
   for c in "${cases[@]}"; do
-    timeout 120 python3 scripts/cute_timeline.py prefill $c 2>&1 | tail -24 | tee -a $OUT/ptimeline.log
+    timeout 120 python3 scripts/cute_timeline.py prefill $c 2>&1 | tail -36 | tee -a $OUT/ptimeline.log
+  done
+fi
+if has pncu; then  # ncu of the prefill kernel on one case (PNCU_CASE "s_kv topk h_q d_qk"; default MODEL1-1)
+  M=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__throughput.avg.pct_of_peak_sustained_elapsed,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum,gpu__time_duration.sum,lts__t_sector_hit_rate.pct
+  for k in ${PNCU_KERNELS:-tritonmla}; do
+    TRITONMLA_KERNEL=cute timeout 150 ncu --metrics $M --section WarpStateStats -k regex:"[Ss]parse|[Pp]refill|attn" --launch-skip 2 --launch-count 1 \
+      python3 scripts/cute_ncu_prefill.py $k ${PNCU_CASE:-} > $OUT/pncu_$k.log 2>&1
+    echo "pncu $k rc=$?:"; grep -E "hmma|sm__throughput|dram__|lts__|l1tex|inst_executed|duration|hit_rate|Stall|Warp Cycles" $OUT/pncu_$k.log | sed 's/  */ /g' | head -24
   done
 fi
 if has prefill; then  # the CuTe sparse prefill kernel (SM90's default): its GPU tests, sanitizers, FlashMLA's cases

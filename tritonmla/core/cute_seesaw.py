@@ -63,7 +63,8 @@ THREADS = 384
 H_M_A, H_M_B, H_P_A, H_Q, H_L = 0, 1, 2, 3, 4
 BAR_WG = 1  # + role: named barrier over one consumer warpgroup (128 threads), for tail zeroing
 # Timeline variants (scripts/cute_timeline.py; never the shipped one): one thread per role records the SM clock at 8
-# events per pair of tiles, in the CTAs of m-block 0, KV head 0 and part < TIMELINE_CTAS.
+# events per pair of tiles, in the CTAs of m-block 0, KV head 0 and parts timeline_first .. + TIMELINE_CTAS - 1 (a
+# later wave than the first: its CTAs start together, cold, and all load Q at once).
 TIMELINE_CTAS = 4
 TIMELINE_SLOTS = 2048  # events per role and CTA (256 pairs)
 
@@ -128,12 +129,45 @@ def swizzled(row, chunk):
 
 
 @cute.jit
-def copy16_async(dst, src, valid):
+def copy16_async(dst, src, valid, policy=None):
     """cp.async of 16 bytes from global src to shared address dst, bypassing L1; zeros and no read where valid is 0
-    (src-size 0: src must still be a mapped address). Lands for cp.async.mbarrier.arrive / wait_all."""
-    cute.arch.inline_ptx(
-        "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
-        "cp.async.cg.shared.global [{$r0}], [{$r1}], 16, n; }", read_only_args=[dst, src, valid])
+    (src-size 0: src must still be a mapped address). Lands for cp.async.mbarrier.arrive / wait_all. policy: None, or
+    an L2 cache policy (l2_evict_last) given with the hint that L2 fetch the whole 256-byte segment of src."""
+    if const_expr(policy is None):
+        cute.arch.inline_ptx(
+            "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
+            "cp.async.cg.shared.global [{$r0}], [{$r1}], 16, n; }", read_only_args=[dst, src, valid])
+    else:
+        cute.arch.inline_ptx(
+            "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
+            "cp.async.cg.shared.global.L2::cache_hint.L2::256B [{$r0}], [{$r1}], 16, n, {$r3}; }",
+            read_only_args=[dst, src, valid, policy])
+
+
+@cute.jit
+def l2_evict_last():
+    """An L2 cache policy that keeps what it loads (createpolicy: evict_last for all of it)."""
+    return cute.arch.inline_ptx("createpolicy.fractional.L2::evict_last.b64 {$w0}, 1.0;", write_only_types=[Int64])
+
+
+@cute.jit
+def l2_evict_first():
+    """An L2 cache policy for data used once (createpolicy: evict_first for all of it)."""
+    return cute.arch.inline_ptx("createpolicy.fractional.L2::evict_first.b64 {$w0}, 1.0;", write_only_types=[Int64])
+
+
+@cute.jit
+def load16_hinted(addr, policy):
+    """16 bytes at global addr as 4 words, not kept in L1, under L2 cache policy `policy`."""
+    return cute.arch.inline_ptx("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {{$w0}, {$w1}, {$w2}, {$w3}}, "
+                                "[{$r0}], {$r1};", write_only_types=[Int32] * 4, read_only_args=[addr, policy])
+
+
+@cute.jit
+def store16_hinted(addr, words, policy):
+    """4 words to global addr (16-byte aligned) under L2 cache policy `policy`."""
+    cute.arch.inline_ptx("st.global.L1::no_allocate.L2::cache_hint.v4.u32 [{$r0}], {{$r1}, {$r2}, {$r3}, {$r4}}, "
+                         "{$r5};", read_only_args=[addr, words[0], words[1], words[2], words[3], policy])
 
 
 def smem_layouts(dtype):
@@ -167,6 +201,8 @@ class SeesawSm90:
     TIMELINE_SLOTS, 2] buffer that a timeline variant fills with (event, SM clock) rows (mark)."""
     READY_ARRIVALS: int
     QK_USED = QK_BOXES  # boxes of Q and K that S reads (a subclass with d_qk 512 leaves the RoPE box out)
+    timeline_first = 0  # the first part a timeline variant records (a script may set it on the instance)
+    L2_EVICT_FIRST = False  # Q loads and output stores under an L2 evict_first policy (read / written once)
 
     def __init__(self, dtype, timeline: int = 0):
         self.dtype = dtype
@@ -276,6 +312,7 @@ class SeesawSm90:
         """Rows m_block*64 .. +64 of request b's queries (row r = q_pos * heads_per_kv + head in group) into sQ,
         16 bytes per thread and step; rows past the request are zeros. This warpgroup takes boxes c % 2 == role."""
         col8 = (t % 8) * 8
+        policy = l2_evict_first() if const_expr(self.L2_EVICT_FIRST) else None
         for k in cutlass.range_constexpr(BLOCK_M // 16):
             row = t // 8 + 16 * k
             row_g = m_block * BLOCK_M + row
@@ -286,8 +323,14 @@ class SeesawSm90:
                 frag = cute.make_rmem_tensor((8,), self.dtype)
                 frag.fill(0.0)
                 if row_g < n_rows:
-                    src = _vector(self.dtype, row_addr + (c * BOX + col8) * (self.dtype.width // 8), 8)
-                    cute.autovec_copy(src, frag)
+                    addr = row_addr + (c * BOX + col8) * (self.dtype.width // 8)
+                    if const_expr(self.L2_EVICT_FIRST):
+                        words = load16_hinted(addr, policy)
+                        as_words = cute.recast_tensor(frag, Int32)
+                        for w in cutlass.range_constexpr(4):
+                            as_words[w] = words[w]
+                    else:
+                        cute.autovec_copy(_vector(self.dtype, addr, 8), frag)
                 cute.autovec_copy(frag, cute.local_tile(sQ[row, None], (8,), (c * 8 + t % 8,)))
 
     @cute.jit
@@ -548,7 +591,9 @@ class SeesawSm90:
         if const_expr(self.timeline != 0):
             tidx, _, _ = cute.arch.thread_idx()
             m_block, kv_head, part = self.cta_coords()
-            if tidx % 128 == 0 and m_block == 0 and kv_head == 0 and part < TIMELINE_CTAS and index < TIMELINE_SLOTS:
+            part = part - self.timeline_first
+            if (tidx % 128 == 0 and m_block == 0 and kv_head == 0 and part >= 0 and part < TIMELINE_CTAS
+                    and index < TIMELINE_SLOTS):
                 addr = Int64(self.timeline) + ((Int64(part) * 3 + role) * TIMELINE_SLOTS + index) * 16
                 entry = _vector(Int64, addr, 2)
                 entry[0] = Int64(event)
@@ -616,6 +661,7 @@ class SeesawSm90:
         thr = copy.get_slice(t)
         cute.copy(copy, thr.retile(o16), thr.partition_D(stage))
         _sync(BAR_WG + role, 128)
+        policy = l2_evict_first() if const_expr(self.L2_EVICT_FIRST) else None
         warp = t // 32
         for k in cutlass.range_constexpr(BLOCK_M // 4):
             row = 4 * k + warp
@@ -624,7 +670,10 @@ class SeesawSm90:
                 frag = cute.make_rmem_tensor((8,), self.dtype)
                 cute.autovec_copy(cute.local_tile(stage[row, None], (8,), (lane,)), frag)
                 addr = self.out_row(mO, b, row_g, kv_head, heads_per_kv) + (role * HALF + lane * 8) * width
-                cute.autovec_copy(frag, _vector(self.dtype, addr, 8))
+                if const_expr(self.L2_EVICT_FIRST):
+                    store16_hinted(addr, cute.recast_tensor(frag, Int32), policy)
+                else:
+                    cute.autovec_copy(frag, _vector(self.dtype, addr, 8))
         _sync(BAR_WG + role, 128)  # every read of the stage done before this warpgroup reloads its Q boxes
 
     @cute.jit

@@ -29,8 +29,8 @@ from cutlass import Float32, Int32, Int64, const_expr
 from ..core.constants import D_QK, D_V
 from ..core.cute_index_mask import IndexMask
 from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, SLOT_ELEMS, THREADS, V_BOXES, SeesawSm90,
-                                copy16_async, pv_tiled_mma, qk_tiled_mma, shared_storage, smem_layouts,
-                                swizzled)
+                                copy16_async, l2_evict_last, pv_tiled_mma, qk_tiled_mma, shared_storage,
+                                smem_layouts, swizzled)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
@@ -40,6 +40,7 @@ LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
+    KV_L2_HINTS = True  # gathers keep kv rows in L2 (evict_last) and fetch whole 256-byte segments (FlashMLA's)
 
     def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, timeline: int = 0):
         """timeline: as SeesawSm90's (scripts/cute_timeline.py prefill); the producer's row records instead of
@@ -144,6 +145,9 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
         kv_base = kv_ptr.toint() + kv_head * skv_h * elem
         k_base = sK.iterator.toint()  # the K slots' shared address (box c of slot s at s * SLOT + c * BOX_BYTES)
         n_tiles = (length + BLOCK_N - 1) // BLOCK_N
+        policy = None
+        if const_expr(self.KV_L2_HINTS):
+            policy = l2_evict_last()
         for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
             src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
             ok = cute.make_rmem_tensor((2, BLOCK_N // 16), Int32)  # 1: the slot names a row (else zero-filled)
@@ -175,7 +179,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
                             box = k_base + (slot * SLOT_ELEMS + c * BLOCK_N * BOX) * elem
                             for k in cutlass.range_constexpr(BLOCK_N // 16):
                                 copy16_async(box + swizzled(group + 16 * k, chunk), src[slot, k] + c * BOX * elem,
-                                             ok[slot, k])
+                                             ok[slot, k], policy)
                             cute.arch.cp_async_mbarrier_arrive_noinc(ready + slot * QK_BOXES + c)
                         if const_expr(g + slot == 0):
                             if j == 0:
