@@ -94,16 +94,20 @@ def run_prefill(argv):
         return bound.dsl_args(torch.cuda.current_stream().cuda_stream, x.q, x.kv, x.indices, None, None, out,
                               max_logits, lse)
 
-    buf = new_buffer()
-    kernel = MlaSparsePrefillSm90(False, False, d_qk, timeline=buf.data_ptr())
+    from tritonmla.sparse_prefill.kernel_sm90_cute import CTA_LOG
+    grid = s_q * -(-heads_q // 64)
+    whole = torch.zeros(new_buffer().numel() + grid * CTA_LOG, dtype=torch.int64, device="cuda")
+    buf = whole[:new_buffer().numel()].view(new_buffer().shape)
+    kernel = MlaSparsePrefillSm90(False, False, d_qk, timeline=whole.data_ptr())
     kernel.timeline_first = first
     timeline = cute.compile(kernel, *args())
     _, shipped_ms = cuda_times(lambda: bound.compiled(*args()))
     _, timeline_ms = cuda_times(lambda: timeline(*args()))
-    buf.zero_()
+    whole.zero_()
     timeline(*args())
     torch.cuda.synchronize()
     data = buf.cpu()
+    cta_log_summary(whole[buf.numel():].view(grid, CTA_LOG).cpu())
     print(f"prefill s_q {s_q} s_kv {s_kv} topk {topk} h_q {heads_q} d_qk {d_qk}: kernel {shipped_ms * 1e3:.1f} us "
           f"(timeline variant {timeline_ms * 1e3:.1f} us); cycles, median (mean) over tokens {first}-{first + 3}")
     rows = {name: [] for name in PREFILL_SPANS}
@@ -122,6 +126,28 @@ def run_prefill(argv):
         if v:
             print(f"    {statistics.median(v):7.0f} ({statistics.mean(v):7.0f})  {name}")
     summarize(data, producer_releases=False)
+
+
+def cta_log_summary(log):
+    """Every CTA's (entry, SM, consumers' start, warpgroup 0 / 1 / producer end) clocks: where a CTA's time goes
+    outside the marks, and the gap between one CTA's end and the next CTA's entry on the same SM."""
+    rows = [tuple(int(v) for v in r) for r in log.tolist()]
+    setup, busy, wg1_after, gaps, sms = [], [], [], [], {}
+    for entry, sm, start, end0, end1, end2 in rows:
+        if not (entry and start and end0 and end1 and end2):
+            continue
+        end = max(end0, end1, end2)
+        setup.append(start - entry)
+        busy.append(end - entry)
+        wg1_after.append(end1 - end0)
+        sms.setdefault(sm, []).append((entry, end))
+    for ctas in sms.values():
+        ctas.sort()
+        gaps += [b[0] - a[1] for a, b in zip(ctas, ctas[1:])]
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
+    print(f"CTA log, {len(busy)} CTAs on {len(sms)} SMs, median cycles: entry to the consumers' start {med(setup):.0f}, "
+          f"entry to the last role's end {med(busy):.0f}, warpgroup 1's end after warpgroup 0's {med(wg1_after):.0f}, "
+          f"one CTA's end to the next CTA's entry on the same SM {med(gaps):.0f} (mean {statistics.mean(gaps) if gaps else 0:.0f})")
 
 
 def new_buffer():

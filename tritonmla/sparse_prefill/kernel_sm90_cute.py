@@ -28,19 +28,23 @@ from cutlass import Float32, Int32, Int64, const_expr
 
 from ..core.constants import D_QK, D_V
 from ..core.cute_index_mask import IndexMask
-from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, SLOT_ELEMS, THREADS, V_BOXES, SeesawSm90,
+from ..core.cute_seesaw import (BLOCK_M, BLOCK_N, BOX, HALF_BOXES, QK_BOXES, SLOT_ELEMS, THREADS, TIMELINE_CTAS,
+                                TIMELINE_SLOTS, V_BOXES, SeesawSm90, _vector,
                                 copy16_async, l2_evict_last, pv_tiled_mma, qk_tiled_mma, shared_storage,
                                 smem_layouts, swizzled)
 
 CONSUMER_REGS = 216
 PRODUCER_REGS = 72
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+CTA_LOG = 6  # int64 words per CTA of a timeline variant's CTA log (log_cta)
+TIMELINE_BYTES = TIMELINE_CTAS * 3 * TIMELINE_SLOTS * 16  # the seesaw timeline's part of the buffer, before the log
 
 
 class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
     KV_L2_HINTS = True  # gathers keep kv rows in L2 (evict_last) and fetch whole 256-byte segments (FlashMLA's)
+    L2_EVICT_FIRST = True  # Q (64 KB a token) and the output stream through L2 without displacing kv rows
 
     def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, timeline: int = 0):
         """timeline: as SeesawSm90's (scripts/cute_timeline.py prefill); the producer's row records instead of
@@ -96,6 +100,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
                q_outer: cute.Layout, v_outer: cute.Layout, swz, Storage: cutlass.Constexpr):
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = warp // 4
+        self.log_cta(0)
         ready, empty, hand, sQ, sK, sV, sRows = self.shared(Storage, swz, k_outer, q_outer, v_outer)
 
         x = cute.arch.block_idx()[0]
@@ -109,6 +114,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
         if wg == 2:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             self.gather(kv_ptr, mIdx, sK, ready, empty, token, length, s_kv, skv_s, skv_h)
+            self.log_cta(5)
         else:
             cute.arch.setmaxregister_increase(CONSUMER_REGS)
             # (mSeq, mNumSplits and the partials are never read: request_tiles and epilogue are overridden)
@@ -117,10 +123,30 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
                     Int32(0))
             if wg == 0:
                 self.mark(2, 0, 0)
+                self.log_cta(2)
                 self.consumer(0, *args)
                 self.mark(2, 1, 1)
+                self.log_cta(3)
             else:
                 self.consumer(1, *args)
+                self.log_cta(4)
+
+    @cute.jit
+    def log_cta(self, what: cutlass.Constexpr):
+        """Timeline variants only: every CTA's log row (after the timeline buffer, CTA_LOG words per CTA) gets the SM
+        clock of `what`: its entry (0; also its SM id in word 1), the consumers' start (2), warpgroup 0's / 1's / the
+        producer's end (3, 4, 5), each by the role's thread 0. No code in the shipped variant."""
+        if const_expr(self.timeline != 0):
+            tidx, _, _ = cute.arch.thread_idx()
+            row = Int64(self.timeline) + TIMELINE_BYTES + Int64(cute.arch.block_idx()[0]) * CTA_LOG * 8
+            if const_expr(what == 0):
+                if tidx == 0:
+                    entry = _vector(Int64, row, 2)
+                    entry[0] = cute.arch.clock64()
+                    entry[1] = Int64(cute.arch.smid())
+            else:
+                if tidx % 128 == 0:
+                    _vector(Int64, row + what * 8, 1)[0] = cute.arch.clock64()
 
     def cta_coords(self):
         """(row block, KV head, token): the grid's x is token * m_blocks + row block (kernel)."""
