@@ -1,7 +1,7 @@
 """A/B of sparse prefill kernel variants in one process (device only): the shipped MlaSparsePrefillSm90 and variants
 with class attributes flipped, compiled here (not through the disk cache), timed alternately on the same inputs
 (FlashMLA's benchmark inputs, sink on, CUDA-graph medians), outputs compared bit for bit with the shipped one's.
-Usage: python3 scripts/prefill_ab.py "KV_L2_HINTS=False" ["NAME=VALUE,NAME=VALUE" ...]
+Usage: python3 scripts/prefill_ab.py "L2_EVICT_FIRST=False" ["NAME=VALUE,NAME=VALUE" ...]
        CASES="s_kv topk h_q d_qk,..." (default MODEL1-1, MODEL1-2 at s_kv 32768, V3.2 at 65536); ROUNDS (2)."""
 import os
 import statistics

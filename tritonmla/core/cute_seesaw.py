@@ -129,19 +129,14 @@ def swizzled(row, chunk):
 
 
 @cute.jit
-def copy16_async(dst, src, valid, policy=None):
-    """cp.async of 16 bytes from global src to shared address dst, bypassing L1; zeros and no read where valid is 0
-    (src-size 0: src must still be a mapped address). Lands for cp.async.mbarrier.arrive / wait_all. policy: None, or
-    an L2 cache policy (l2_evict_last) given with the hint that L2 fetch the whole 256-byte segment of src."""
-    if const_expr(policy is None):
-        cute.arch.inline_ptx(
-            "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
-            "cp.async.cg.shared.global [{$r0}], [{$r1}], 16, n; }", read_only_args=[dst, src, valid])
-    else:
-        cute.arch.inline_ptx(
-            "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
-            "cp.async.cg.shared.global.L2::cache_hint.L2::256B [{$r0}], [{$r1}], 16, n, {$r3}; }",
-            read_only_args=[dst, src, valid, policy])
+def copy16_async(dst, src, valid, policy):
+    """cp.async of 16 bytes from global src to shared address dst, bypassing L1, under L2 cache policy `policy`
+    (l2_evict_last) with the hint that L2 fetch the whole 256-byte segment of src (FlashMLA's gathers); zeros and no
+    read where valid is 0 (src-size 0: src must still be a mapped address). Lands for cp.async.mbarrier.arrive."""
+    cute.arch.inline_ptx(
+        "{ .reg .pred p; .reg .b32 n; setp.ne.b32 p, {$r2}, 0; selp.b32 n, 16, 0, p; "
+        "cp.async.cg.shared.global.L2::cache_hint.L2::256B [{$r0}], [{$r1}], 16, n, {$r3}; }",
+        read_only_args=[dst, src, valid, policy])
 
 
 @cute.jit

@@ -43,7 +43,6 @@ TIMELINE_BYTES = TIMELINE_CTAS * 3 * TIMELINE_SLOTS * 16  # the seesaw timeline'
 class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
     """One compiled variant per (has_topk_length, has_sink, d_qk 576 or 512). Everything else is a runtime argument."""
     READY_ARRIVALS = 128  # a K box lands when every producer thread's cp.asyncs for it have (arrive.noinc)
-    KV_L2_HINTS = True  # gathers keep kv rows in L2 (evict_last) and fetch whole 256-byte segments (FlashMLA's)
     L2_EVICT_FIRST = True  # Q (64 KB a token) and the output stream through L2 without displacing kv rows
 
     def __init__(self, has_topk_length: bool, has_sink: bool, d_qk: int = D_QK, timeline: int = 0):
@@ -105,7 +104,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
 
         x = cute.arch.block_idx()[0]
         token = x // m_blocks
-        self.t_token, self.t_m_block, self.t_m_blocks = token, x - token * m_blocks, m_blocks  # (cta_coords)
+        self.t_token, self.t_m_block = token, x - token * m_blocks  # (cta_coords, index_coords)
         length = topk
         if const_expr(self.has_len):
             length = cutlass.min(cutlass.max(mLen[token], 0), topk)
@@ -171,9 +170,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
         kv_base = kv_ptr.toint() + kv_head * skv_h * elem
         k_base = sK.iterator.toint()  # the K slots' shared address (box c of slot s at s * SLOT + c * BOX_BYTES)
         n_tiles = (length + BLOCK_N - 1) // BLOCK_N
-        policy = None
-        if const_expr(self.KV_L2_HINTS):
-            policy = l2_evict_last()
+        policy = l2_evict_last()  # kv rows stay in L2 for the other tokens that name them (FlashMLA's)
         for j in cutlass.range((n_tiles + 1) // 2, unroll=1):
             src = cute.make_rmem_tensor((2, BLOCK_N // 16), Int64)  # row addresses of both tiles of the pair
             ok = cute.make_rmem_tensor((2, BLOCK_N // 16), Int32)  # 1: the slot names a row (else zero-filled)
@@ -219,7 +216,7 @@ class MlaSparsePrefillSm90(IndexMask, SeesawSm90):
 
     def index_coords(self):
         """The CTA's index list (IndexMask): its token's, for its KV head."""
-        return cute.arch.block_idx()[0] // self.t_m_blocks, cute.arch.block_idx()[1]
+        return self.t_token, cute.arch.block_idx()[1]
 
     @cute.jit
     def out_row(self, mO, b, row_g, kv_head, heads_per_kv):
